@@ -1,0 +1,653 @@
+"""Soft DQN on Atari: standard, soft-KL and soft-entropy backups, 1- or n-step.
+
+Reference implementation of Section 3.5 and the DQN experiment of Section 6.2 of
+"Equivalence Between Policy Gradients and Soft Q-Learning" (Schulman, Chen, Abbeel 2017).
+Everything is Nature DQN (CleanRL's dqn_atari hyperparameters, epsilon-greedy exploration in
+every condition) except the value that the target bootstraps from:
+
+    standard (--tau 0):                  y = r + gamma * max_a' Qtarget(s', a')                (eq. 81)
+    soft, KL penalty (--regularizer kl): y = r + gamma * tau*(logsumexp_a' Qtarget(s',a')/tau - log|A|)  (eq. 82)
+    soft, entropy bonus (default):       y = r + gamma * tau* logsumexp_a' Qtarget(s',a')/tau  (eq. 83)
+
+i.e. V_Q of eq. 39 with a uniform reference policy (the paper prints eqs. 82-83 without the
+leading tau; see ../shared/paper/NOTES.md). With --n-step N the target is eq. 46: the rewards
+of the intermediate states s_{t+1..t+N-1} are augmented with the Boltzmann policy's
+-tau*KL (or +tau*H), taken when the transition was collected.
+
+Run:
+    python soft_dqn.py --tau 0.1                        # soft (entropy-bonus) DQN on Breakout
+    python soft_dqn.py --tau 0                          # standard DQN
+    python soft_dqn.py --tau 0.1 --regularizer kl       # soft, KL penalty against uniform
+    python soft_dqn.py --tau 0 --n-step 5 --env-id PongNoFrameskip-v4
+    tensorboard --logdir runs
+"""
+
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "soft-q-equivalence"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to save GIFs of what the agent sees (env 0) to `videos/{run_name}`"""
+    save_model: bool = False
+    """whether to save the model to `runs/{run_name}` and then evaluate it"""
+    eval_episodes: int = 10
+    """number of full games played at epsilon 0.05 after `--save-model`"""
+
+    # Algorithm specific arguments
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment (`BreakoutNoFrameskip-v4` or `ALE/Breakout-v5`: both name the game)"""
+    total_timesteps: int = 10_000_000
+    """total timesteps of the experiments (agent steps summed over envs; 4 frames each)"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    learning_rate: float = 1e-4
+    """the learning rate of the optimizer"""
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size (transitions; each 84x84 frame is stored once)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.1
+    """the temperature of the soft backup (entropy or KL coefficient); 0 is the standard max backup"""
+    regularizer: Literal["entropy", "kl"] = "entropy"
+    """soft backup form: `entropy` bonus (eq. 83) or `kl` penalty against uniform (eq. 82)"""
+    n_step: int = 1
+    """the number of steps in the target (eq. 46)"""
+    target_network_frequency: int = 1000
+    """the timesteps it takes to copy the Q-network into the target network"""
+    batch_size: int = 32
+    """the batch size of sample from the replay memory"""
+    start_e: float = 1.0
+    """the starting epsilon for exploration"""
+    end_e: float = 0.01
+    """the ending epsilon for exploration"""
+    exploration_fraction: float = 0.10
+    """the fraction of `total-timesteps` it takes from start-e to go end-e"""
+    learning_starts: int = 80000
+    """timestep to start learning"""
+    train_frequency: int = 4
+    """the frequency of training (timesteps per gradient step, whatever num-envs is)"""
+
+
+def check_args(args: Args) -> None:
+    """Stop with one line on stderr and exit status 2 if `args` cannot describe a run."""
+    problems = []
+    try:
+        ale_game_name(args.env_id)
+    except ValueError as e:
+        problems.append(str(e))
+    if not (args.tau >= 0 and math.isfinite(args.tau)):
+        problems.append(f"--tau must be a finite number >= 0 (0 is the standard max backup), got {args.tau}")
+    if args.n_step < 1:
+        problems.append(f"--n-step must be >= 1, got {args.n_step}")
+    if args.num_envs < 1:
+        problems.append(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size > args.buffer_size:
+        problems.append(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
+    if args.num_envs >= 1 and args.buffer_size // args.num_envs < args.n_step + 8:
+        problems.append(
+            f"--buffer-size {args.buffer_size} leaves {args.buffer_size // args.num_envs} slots per env "
+            f"for {args.num_envs} envs; each env needs more than --n-step + 8 = {args.n_step + 8}"
+        )
+    if args.learning_starts < args.batch_size:
+        problems.append(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}")
+    if args.num_envs >= 1 and args.learning_starts < args.num_envs * (args.n_step + 4):
+        problems.append(
+            f"--learning-starts {args.learning_starts} leaves no complete {args.n_step}-step transition "
+            f"per env to sample; it must be >= num-envs * (n-step + 4) = {args.num_envs * (args.n_step + 4)}"
+        )
+    if args.learning_starts >= args.total_timesteps:
+        problems.append(
+            f"--learning-starts {args.learning_starts} >= --total-timesteps {args.total_timesteps}: no update would run"
+        )
+    if not 0 <= args.gamma <= 1:
+        problems.append(f"--gamma must be in [0, 1], got {args.gamma}")
+    if args.train_frequency < 1 or args.target_network_frequency < 1:
+        problems.append("--train-frequency and --target-network-frequency must be >= 1")
+    if not 0 < args.exploration_fraction <= 1:
+        problems.append(f"--exploration-fraction must be in (0, 1], got {args.exploration_fraction}")
+    if args.eval_episodes < 1:
+        problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if problems:
+        sys.exit("soft_dqn.py: error: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment: ale-py's C++ vector env with the DQN-Nature preprocessing built in.
+# ----------------------------------------------------------------------------------------------
+
+
+def ale_game_name(env_id: str) -> str:
+    """`BreakoutNoFrameskip-v4` / `ALE/Breakout-v5` / `breakout` -> ale-py's ROM id `breakout`."""
+    from ale_py import roms
+
+    name = env_id.split("/")[-1]
+    name = re.sub(r"(NoFrameskip)?-v\d+$", "", name)
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    if name not in roms.get_all_rom_ids():
+        raise ValueError(
+            f"unknown game {env_id!r} (no ale-py ROM {name!r}); "
+            "use an id like BreakoutNoFrameskip-v4 or ALE/Pong-v5"
+        )
+    return name
+
+
+def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
+    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
+
+    Rewards come back raw (unclipped) so real game scores can be logged; clip for training.
+    Autoreset is SameStep: each step is a real transition; when a game ends the returned
+    observation already starts the next game ([0, 0, 0, first frame]) and the last
+    observation of the ended game is in info["final_obs"].
+
+    With `life_loss_terminal`, losing a life sets `terminated` while the game goes on (the
+    step after it continues the same game); that is DQN's EpisodicLifeEnv. ale-py's own
+    `episodic_life=True` instead restarts the whole game at every life loss, which is not
+    what DQN did, so it stays off. `game_restarted` tells the two kinds of `terminated` apart.
+    """
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        game=ale_game_name(env_id),
+        num_envs=num_envs,
+        autoreset_mode="SameStep",
+        episodic_life=False,
+        life_loss_info=life_loss_terminal,
+        reward_clipping=False,
+        repeat_action_probability=0.0,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+
+
+def game_restarted(terminated: np.ndarray, truncated: np.ndarray, lives: np.ndarray, prev_lives: np.ndarray) -> np.ndarray:
+    """Which envs started a new game in this step (SameStep autoreset).
+
+    A truncation always restarts. A `terminated` is a life loss (game goes on) exactly when
+    the lives counter dropped; at a game over the counter already shows the new game's
+    lives, which is never below the last life of the game that ended.
+    """
+    return truncated | (terminated & (lives >= prev_lives))
+
+
+# ----------------------------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class QNetwork(nn.Module):
+    """Nature DQN: uint8 frames (N, 4, 84, 84) -> Q(s, .) (N, |A|)."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Conv2d(4, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3136, 512),
+            nn.ReLU(),
+            nn.Linear(512, num_actions),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.float() / 255.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's math (uniform reference policy pibar = 1/|A| throughout)
+# ----------------------------------------------------------------------------------------------
+
+
+def soft_value(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
+    """V_Q(s) over the last axis of `q` (eq. 39; the backups of eqs. 81-83).
+
+    kl:      V = tau * log E_{a~uniform} exp(Q(s,a)/tau) = tau*logsumexp(Q/tau) - tau*log|A|
+    entropy: V = tau * logsumexp(Q/tau)  (= the kl form + tau*log|A|)
+    tau = 0: V = max_a Q(s,a), the limit of both forms (the standard DQN backup).
+    logsumexp subtracts the max first, so |Q| up to 1e6 and tau down to 1e-6 stay finite.
+    """
+    if tau == 0:
+        return q.max(dim=-1).values
+    v = tau * torch.logsumexp(q / tau, dim=-1)
+    if regularizer == "kl":
+        v = v - tau * math.log(q.shape[-1])
+    return v
+
+
+def boltzmann_entropy(q: torch.Tensor, tau: float) -> torch.Tensor:
+    """H(pi_Q(.|s)) of the Boltzmann policy pi_Q = softmax(Q/tau) (eq. 56); 0 for tau = 0 (greedy)."""
+    if tau == 0:
+        return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
+    log_pi = torch.log_softmax(q / tau, dim=-1)
+    return -(log_pi.exp() * log_pi).sum(dim=-1)
+
+
+def soft_bonus(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
+    """The per-step reward augmentation of the entropy-regularized return (eqs. 31, 46):
+    -tau*KL[pi_Q || uniform](s) for `kl`, +tau*H(pi_Q)(s) for `entropy`; 0 for tau = 0.
+
+    With it, V_Q(s) = E_{a~pi_Q}[Q(s,a)] + soft_bonus(s) (eq. 31). KL = log|A| - H, so the
+    two forms differ by the constant tau*log|A| per step.
+    """
+    entropy = boltzmann_entropy(q, tau)
+    if regularizer == "kl":
+        return -tau * (math.log(q.shape[-1]) - entropy)
+    return tau * entropy
+
+
+def n_step_returns(
+    rewards: torch.Tensor, bonuses: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bootstrap-free part of the n-step soft target (eq. 46) and where to bootstrap.
+
+    Row b holds steps d = 0..n-1 from time t: reward r_{t+d}, the soft bonus of state s_{t+d}
+    (-tau*KL or +tau*H; its d = 0 entry cancels in eq. 46 and is ignored), and whether the
+    transition from s_{t+d} ended the episode (`terminated`) or hit the time limit
+    (`truncated`). With m the first such d (n-1 if none):
+
+        G_t   = r_t + sum_{d=1}^{m} gamma^d (r_{t+d} + bonus_{t+d})
+        y_t   = G_t + gamma^{m+1} * V_Q(s_{t+m+1}) * (0 if terminated at m else 1)
+
+    Returns (G_t, bootstrap discount gamma^{m+1} or 0, bootstrap offset m+1), all shape (B,).
+    A termination drops the bootstrap; a truncation bootstraps from the state it cut at.
+    """
+    n = rewards.shape[1]
+    stop = terminated | truncated
+    # alive[:, d]: no episode end strictly before step d
+    alive = torch.cumprod(torch.cat([torch.ones_like(stop[:, :1]), ~stop[:, :-1]], dim=1).to(rewards.dtype), dim=1)
+    step_reward = rewards + torch.cat([torch.zeros_like(bonuses[:, :1]), bonuses[:, 1:]], dim=1)
+    discounts = gamma ** torch.arange(n, dtype=rewards.dtype, device=rewards.device)
+    returns = (alive * discounts * step_reward).sum(dim=1)
+    last = torch.where(stop.any(dim=1), stop.to(torch.uint8).argmax(dim=1), n - 1)  # argmax: first True
+    offset = last + 1
+    terminal = terminated.gather(1, last[:, None]).squeeze(1)
+    bootstrap_discount = (gamma ** offset.to(rewards.dtype)) * (~terminal).to(rewards.dtype)
+    return returns, bootstrap_discount, offset
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Replay: each 84x84 frame stored once; stacks rebuilt at sample time
+# ----------------------------------------------------------------------------------------------
+
+
+class ReplaySample(NamedTuple):
+    env: torch.Tensor  # (B,) which env's ring
+    slot: torch.Tensor  # (B,) absolute slot index of s_t in that ring
+    obs: torch.Tensor  # (B, 4, 84, 84) uint8 stack of s_t
+    actions: torch.Tensor  # (B,)
+    rewards: torch.Tensor  # (B, n) clipped rewards r_{t..t+n-1}
+    bonuses: torch.Tensor  # (B, n) soft bonus of s_{t..t+n-1}
+    terminated: torch.Tensor  # (B, n)
+    truncated: torch.Tensor  # (B, n)
+
+
+class FrameReplayBuffer:
+    """Replay memory that stores each frame once: one ring of slots per env.
+
+    Slot k of env e holds the newest frame of one observation s_k, the action taken in it,
+    the (clipped) reward, the soft bonus of s_k, and whether that transition terminated
+    (life loss or game over) or was truncated by the time limit. A stack is the frames of
+    slots k-3..k, with frames before the game's first slot zeroed, exactly as ale-py builds
+    observations after a reset. When a game ends, one extra slot holds its last observation
+    (`info["final_obs"]`, no action), so a truncated game can bootstrap from it; the next
+    slot starts the new game. 1M slots take 1M * 84*84 bytes = 7.06 GB of frames + 11 MB.
+    """
+
+    def __init__(self, buffer_size: int, num_envs: int, n_step: int, frame_shape=(84, 84), stack: int = 4):
+        self.num_envs, self.n_step, self.stack = num_envs, n_step, stack
+        self.capacity = buffer_size // num_envs  # slots per env
+        shape = (num_envs, self.capacity)
+        self.frames = torch.zeros(shape + tuple(frame_shape), dtype=torch.uint8)
+        self.actions = torch.zeros(shape, dtype=torch.int64)
+        self.rewards = torch.zeros(shape, dtype=torch.float32)
+        self.bonuses = torch.zeros(shape, dtype=torch.float32)
+        self.terminated = torch.zeros(shape, dtype=torch.bool)
+        self.truncated = torch.zeros(shape, dtype=torch.bool)
+        self.first = torch.zeros(shape, dtype=torch.bool)  # slot opens a game
+        self.acted = torch.zeros(shape, dtype=torch.bool)  # False for a game's final-observation slot
+        self.count = np.zeros(num_envs, dtype=np.int64)  # slots written per env, ever
+        self._next_first = np.ones(num_envs, dtype=bool)
+
+    def _write(self, envs: np.ndarray, frames, actions, rewards, bonuses, terminated, truncated, first, acted):
+        env_idx = torch.from_numpy(envs)
+        pos = torch.from_numpy(self.count[envs] % self.capacity)
+        self.frames[env_idx, pos] = torch.as_tensor(frames)
+        self.actions[env_idx, pos] = torch.as_tensor(actions, dtype=torch.int64)
+        self.rewards[env_idx, pos] = torch.as_tensor(rewards, dtype=torch.float32)
+        self.bonuses[env_idx, pos] = torch.as_tensor(bonuses, dtype=torch.float32)
+        self.terminated[env_idx, pos] = torch.as_tensor(terminated)
+        self.truncated[env_idx, pos] = torch.as_tensor(truncated)
+        self.first[env_idx, pos] = torch.as_tensor(first)
+        self.acted[env_idx, pos] = acted
+        self.count[envs] += 1
+
+    def add(self, obs, actions, rewards, bonuses, terminated, truncated, restarted, final_obs=None):
+        """Store one vector step: s_t (`obs`), a_t, r_t, bonus(s_t) and the step's end flags;
+        for envs that `restarted` a game, also the ended game's last observation."""
+        all_envs = np.arange(self.num_envs)
+        self._write(all_envs, obs[:, -1], actions, rewards, bonuses, terminated, truncated, self._next_first, True)
+        ended = np.flatnonzero(restarted)
+        if len(ended):
+            no = np.zeros(len(ended), dtype=bool)
+            self._write(ended, final_obs[ended, -1], np.zeros(len(ended)), no, no, no, no, no, False)
+        self._next_first = np.asarray(restarted, dtype=bool).copy()
+
+    def stacks(self, env: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Observation stacks (B, 4, 84, 84) of absolute slots `slot` in rings `env`."""
+        offsets = torch.arange(-self.stack + 1, 1)
+        pos = (slot[:, None] + offsets) % self.capacity
+        frames = self.frames[env[:, None], pos]
+        # frame k-j belongs to the stack iff none of slots k-j+1..k opens a game
+        opens = self.first[env[:, None], pos[:, 1:]]
+        keep = torch.ones(pos.shape, dtype=torch.bool)
+        keep[:, :-1] = (~opens).flip(1).to(torch.uint8).cumprod(1).flip(1).bool()
+        return frames * keep[:, :, None, None]
+
+    def sampleable(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per env, the inclusive range [lo, hi] of slots whose stack and n-step window are stored."""
+        wrapped = self.count > self.capacity
+        lo = np.where(wrapped, self.count - self.capacity + self.stack - 1, 0)
+        hi = self.count - 1 - self.n_step
+        return lo, hi
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> ReplaySample:
+        lo, hi = self.sampleable()
+        sizes = np.maximum(hi - lo + 1, 0)
+        if sizes.sum() == 0:
+            raise RuntimeError("replay buffer holds no complete transition yet")
+        cum = np.cumsum(sizes)
+        env = np.empty(batch_size, dtype=np.int64)
+        slot = np.empty(batch_size, dtype=np.int64)
+        todo = np.arange(batch_size)
+        while len(todo):  # resample the rare final-observation slots (no action taken there)
+            u = rng.integers(0, cum[-1], size=len(todo))
+            e = np.searchsorted(cum, u, side="right")
+            env[todo] = e
+            slot[todo] = lo[e] + u - (cum[e] - sizes[e])
+            todo = todo[~self.acted[env[todo], slot[todo] % self.capacity].numpy()]
+        env_t, slot_t = torch.from_numpy(env), torch.from_numpy(slot)
+        window = (slot_t[:, None] + torch.arange(self.n_step)) % self.capacity
+        rows = env_t[:, None]
+        return ReplaySample(
+            env=env_t,
+            slot=slot_t,
+            obs=self.stacks(env_t, slot_t),
+            actions=self.actions[env_t, slot_t % self.capacity],
+            rewards=self.rewards[rows, window],
+            bonuses=self.bonuses[rows, window],
+            terminated=self.terminated[rows, window],
+            truncated=self.truncated[rows, window],
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress, video, evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One status line (steps, SPS, recent game return, ETA): redrawn in place on a terminal,
+    printed as a plain line every 30 s when output goes to a file."""
+
+    def __init__(self, total: int):
+        self.total, self.start, self.tty = total, time.time(), sys.stderr.isatty()
+        self.last_draw, self.returns = 0.0, []
+
+    def update(self, step: int, force: bool = False):
+        now = time.time()
+        if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
+            return
+        self.last_draw = now
+        sps = step / max(now - self.start, 1e-9)
+        eta = (self.total - step) / max(sps, 1e-9)
+        ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
+        filled = int(20 * step / self.total)
+        line = (
+            f"[{'#' * filled}{'.' * (20 - filled)}] {step:,}/{self.total:,} steps | {sps:,.0f} SPS | "
+            f"return(last 20) {ret} | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self, step: int):
+        self.update(step, force=True)
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def save_gif(frames: list, path: str, fps: int = 15):
+    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    if game_index < 1000:
+        return round(game_index ** (1 / 3)) ** 3 == game_index
+    return game_index % 1000 == 0
+
+
+def evaluate(
+    model_path: str,
+    env_id: str,
+    eval_episodes: int,
+    num_envs: int,
+    device: torch.device,
+    epsilon: float = 0.05,
+    seed: int = 0,
+    video_path: Optional[str] = None,
+) -> list[float]:
+    """Play `eval_episodes` full games (all lives) epsilon-greedily; return their raw scores.
+    Each env plays a fixed quota of games, so short games are not over-represented."""
+    num_envs = min(num_envs, eval_episodes)
+    envs = make_env(env_id, num_envs, life_loss_terminal=False)
+    model = QNetwork(envs.single_action_space.n).to(device)
+    model.load_state_dict(torch.load(model_path, map_location=device))
+    model.eval()
+    rng = np.random.default_rng(seed)
+    quota = np.array([eval_episodes // num_envs + (e < eval_episodes % num_envs) for e in range(num_envs)])
+    returns: list[list[float]] = [[] for _ in range(num_envs)]
+    running = np.zeros(num_envs)
+    frames = []
+    obs, _ = envs.reset(seed=seed)
+    while any(len(r) < q for r, q in zip(returns, quota)):
+        with torch.no_grad():
+            greedy = model(torch.from_numpy(obs).to(device)).argmax(dim=1).cpu().numpy()
+        actions = np.where(rng.random(num_envs) < epsilon, rng.integers(0, envs.single_action_space.n, num_envs), greedy)
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path and frames:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    envs = make_env(args.env_id, args.num_envs)
+    num_actions = envs.single_action_space.n
+    q_network = QNetwork(num_actions).to(device)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    target_network = QNetwork(num_actions).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.n_step)
+    # The bonus of every stored state enters n-step targets (eq. 46): then Q is needed at every step.
+    bonus_needed = args.tau > 0 and args.n_step > 1
+
+    obs, info = envs.reset(seed=args.seed)
+    lives = info["lives"]
+    game_return = np.zeros(args.num_envs)
+    game_length = np.zeros(args.num_envs, dtype=np.int64)
+    games_env0, video_frames = 0, []
+    progress = Progress(args.total_timesteps)
+    start_time = time.time()
+    global_step, num_updates = 0, 0
+    while global_step < args.total_timesteps:
+        epsilon = linear_schedule(args.start_e, args.end_e, int(args.exploration_fraction * args.total_timesteps), global_step)
+        explore = rng.random(args.num_envs) < epsilon
+        actions = rng.integers(0, num_actions, args.num_envs)
+        bonus = np.zeros(args.num_envs, dtype=np.float32)
+        if bonus_needed or not explore.all():
+            with torch.no_grad():
+                q = q_network(torch.from_numpy(obs).to(device))
+            actions = np.where(explore, actions, q.argmax(dim=1).cpu().numpy())
+            if bonus_needed:
+                bonus = soft_bonus(q, args.tau, args.regularizer).cpu().numpy()
+
+        next_obs, reward, terminated, truncated, info = envs.step(actions)
+        restarted = game_restarted(terminated, truncated, info["lives"], lives)
+        rb.add(obs, actions, np.clip(reward, -1, 1), bonus, terminated, truncated, restarted, info.get("final_obs"))
+
+        if args.capture_video and video_schedule(games_env0):
+            video_frames.append(obs[0, -1].copy())
+        game_return += reward
+        game_length += 1
+        for e in np.flatnonzero(restarted):
+            writer.add_scalar("charts/episodic_return", game_return[e], global_step)
+            writer.add_scalar("charts/episodic_length", game_length[e], global_step)
+            progress.returns.append(game_return[e])
+            if e == 0:
+                if video_frames:
+                    save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
+                    video_frames = []
+                games_env0 += 1
+            game_return[e], game_length[e] = 0.0, 0
+        obs, lives = next_obs, info["lives"]
+        global_step += args.num_envs
+
+        # Training: one gradient step per `train_frequency` env steps, whatever num_envs is.
+        while global_step > args.learning_starts and num_updates < (global_step - args.learning_starts) // args.train_frequency:
+            batch = rb.sample(args.batch_size, rng)
+            returns, bootstrap_discount, offset = n_step_returns(
+                batch.rewards, batch.bonuses, batch.terminated, batch.truncated, args.gamma
+            )
+            next_stacks = rb.stacks(batch.env, batch.slot + offset)
+            with torch.no_grad():
+                next_v = soft_value(target_network(next_stacks.to(device)), args.tau, args.regularizer)
+                td_target = returns.to(device) + bootstrap_discount.to(device) * next_v
+            q_all = q_network(batch.obs.to(device))
+            q_taken = q_all.gather(1, batch.actions.to(device)[:, None]).squeeze(1)
+            loss = F.mse_loss(q_taken, td_target)
+            if not torch.isfinite(loss):
+                sys.exit(f"soft_dqn.py: error: non-finite losses/td_loss ({loss.item()}) at global_step {global_step}, update {num_updates}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            num_updates += 1
+
+            if num_updates % 100 == 0:
+                writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                writer.add_scalar("losses/q_values", q_taken.mean().item(), global_step)
+                writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all.detach(), args.tau).mean().item(), global_step)
+                writer.add_scalar("charts/epsilon", epsilon, global_step)
+                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+
+        # Target network: copied every `target_network_frequency` env steps.
+        if global_step > args.learning_starts and (global_step // args.target_network_frequency) > (
+            (global_step - args.num_envs) // args.target_network_frequency
+        ):
+            target_network.load_state_dict(q_network.state_dict())
+        progress.update(global_step)
+    progress.close(global_step)
+    envs.close()
+
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        torch.save(q_network.state_dict(), model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(
+            model_path,
+            args.env_id,
+            eval_episodes=args.eval_episodes,
+            num_envs=args.num_envs,
+            device=device,
+            seed=args.seed + 1,
+            video_path=f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None,
+        )
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        print(f"eval: mean episodic return {np.mean(episodic_returns):.2f} over {len(episodic_returns)} games")
+
+    writer.close()
+    if args.track:
+        wandb.finish()
