@@ -609,6 +609,7 @@ if __name__ == "__main__":
             q_taken = q_all.gather(1, batch.actions.to(device)[:, None]).squeeze(1)
             loss = F.mse_loss(q_taken, td_target)
             if not torch.isfinite(loss):
+                progress.close(global_step)
                 sys.exit(f"soft_dqn.py: error: non-finite losses/td_loss ({loss.item()}) at global_step {global_step}, update {num_updates}")
             optimizer.zero_grad()
             loss.backward()

@@ -1,0 +1,45 @@
+"""Shared test helpers: import the top-level scripts as modules, run them as a user does,
+and read back what they logged."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run `python SCRIPT ARGS...` in a fresh directory (runs/ and videos/ land there)."""
+
+    def run(script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / script), *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of the TensorBoard event file(s) in `run_dir`: tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The single `runs/{run_name}` directory a script wrote under `cwd`."""
+    dirs = [p.parent for p in (cwd / "runs").rglob("events.out.tfevents.*")]
+    assert len(dirs) == 1, dirs
+    return dirs[0]

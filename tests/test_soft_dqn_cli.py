@@ -1,0 +1,118 @@
+"""soft_dqn.py run as a user runs it: every backup x {1, 5}-step on a tiny budget, the
+logged tags, determinism, --save-model evaluation, and bad input."""
+
+import math
+
+import pytest
+
+from conftest import only_run_dir, read_scalars
+
+import soft_dqn as sd
+
+# 2 envs x 400 steps, 200 updates from a 600-slot buffer (it wraps), ~8 s on 2 CPU cores.
+SMOKE = (
+    "--num-envs 2 --total-timesteps 800 --learning-starts 400 --buffer-size 600 --batch-size 32 "
+    "--train-frequency 2 --target-network-frequency 100 --exploration-fraction 1.0 --end-e 0.5"
+).split()
+BACKUPS = {"hard": ["--tau", "0"], "soft-entropy": ["--tau", "0.1"], "soft-kl": ["--tau", "0.1", "--regularizer", "kl"]}
+TAGS = {
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "charts/epsilon",
+    "charts/policy_entropy",
+    "losses/td_loss",
+    "losses/q_values",
+}
+
+
+@pytest.mark.parametrize("n_step", [1, 5])
+@pytest.mark.parametrize("backup", BACKUPS)
+def test_smoke_run_logs_finite_losses(run_script, tmp_path, backup, n_step):
+    proc = run_script("soft_dqn.py", *SMOKE, *BACKUPS[backup], "--n-step", str(n_step))
+    assert proc.returncode == 0, proc.stderr
+    scalars = read_scalars(only_run_dir(tmp_path))
+    assert TAGS <= set(scalars), TAGS - set(scalars)
+    assert len(scalars["losses/td_loss"]) == 2  # 200 updates, logged every 100
+    for tag in ("losses/td_loss", "losses/q_values", "charts/policy_entropy"):
+        assert all(math.isfinite(v) for _, v in scalars[tag]), tag
+    entropies = [v for _, v in scalars["charts/policy_entropy"]]
+    if backup == "hard":
+        assert entropies == [0.0, 0.0]
+    else:
+        assert all(0 < h <= math.log(4) + 1e-6 for h in entropies)
+    # real games (all 5 lives), scored with unclipped rewards; a Breakout game lasts far
+    # longer than one life (~40 steps when playing randomly)
+    assert all(length > 100 for _, length in scalars["charts/episodic_length"])
+
+
+def test_same_seed_gives_identical_logs(run_script, tmp_path):
+    logs = []
+    for i in range(2):
+        proc = run_script("soft_dqn.py", *SMOKE, "--tau", "0.1", "--regularizer", "kl", "--n-step", "3", "--exp-name", f"det{i}")
+        assert proc.returncode == 0, proc.stderr
+        run_dir = next(p.parent for p in (tmp_path / "runs").rglob("events.out.tfevents.*") if f"det{i}" in str(p))
+        scalars = read_scalars(run_dir)
+        scalars.pop("charts/SPS")
+        logs.append(scalars)
+    assert logs[0] == logs[1]
+    assert len(logs[0]["losses/td_loss"]) == 2
+
+
+def test_save_model_then_evaluate(run_script, tmp_path):
+    proc = run_script("soft_dqn.py", *SMOKE, "--save-model", "--eval-episodes", "3", "--capture-video")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "soft_dqn.cleanrl_model").exists()
+    evals = read_scalars(run_dir)["eval/episodic_return"]
+    assert [step for step, _ in evals] == [0, 1, 2]
+    assert all(ret >= 0 for _, ret in evals)
+    gifs = sorted(p.name for p in (tmp_path / "videos").rglob("*.gif"))
+    assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
+        (["--tau", "-0.1"], "--tau must be a finite number >= 0"),
+        (["--n-step", "0"], "--n-step must be >= 1"),
+        (["--batch-size", "64", "--buffer-size", "32"], "--batch-size 64 is larger than --buffer-size 32"),
+        (["--learning-starts", "16"], "--learning-starts 16 is below --batch-size 32"),
+        (["--num-envs", "0"], "--num-envs must be >= 1"),
+        (["--buffer-size", "40", "--batch-size", "8", "--num-envs", "8"], "slots per env"),
+    ],
+)
+def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, args, message):
+    proc = run_script("soft_dqn.py", *args)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before anything was built
+
+
+def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script):
+    proc = run_script("soft_dqn.py", *SMOKE, "--learning-rate", "1e30")
+    assert proc.returncode != 0
+    assert "non-finite losses/td_loss" in proc.stderr and "at global_step" in proc.stderr, proc.stderr
+
+
+def test_track_with_wandb_offline(run_script, tmp_path):
+    proc = run_script("soft_dqn.py", *SMOKE, "--track", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize(
+    "env_id, game",
+    [
+        ("BreakoutNoFrameskip-v4", "breakout"),
+        ("ALE/Breakout-v5", "breakout"),
+        ("PongNoFrameskip-v4", "pong"),
+        ("MsPacmanNoFrameskip-v4", "ms_pacman"),
+        ("ALE/SpaceInvaders-v5", "space_invaders"),
+        ("BeamRiderNoFrameskip-v4", "beam_rider"),
+        ("Qbert", "qbert"),
+    ],
+)
+def test_env_id_forms(env_id, game):
+    assert sd.ale_game_name(env_id) == game
