@@ -230,7 +230,8 @@ class QNetwork(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x.float() / 255.0)
+        # channels-last (NHWC) input: oneDNN's conv backward is ~30% faster on CPU; same math
+        return self.network((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,7 +548,7 @@ if __name__ == "__main__":
     envs = make_env(args.env_id, args.num_envs)
     num_actions = envs.single_action_space.n
     q_network = QNetwork(num_actions).to(device)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)  # one kernel, not per tensor
     target_network = QNetwork(num_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.n_step)
