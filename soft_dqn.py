@@ -22,6 +22,8 @@ Run:
     tensorboard --logdir runs
 """
 
+import contextlib
+import io
 import math
 import os
 import random
@@ -97,8 +99,30 @@ class Args:
     """the frequency of training (timesteps per gradient step, whatever num-envs is)"""
 
 
+def parse_args() -> Args:
+    """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        return tyro.cli(Args)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            args = tyro.cli(Args)
+    except SystemExit:
+        body = []  # the message: the text between the title's rule and the next rule
+        for line in captured.getvalue().splitlines()[1:]:
+            text = line.strip().strip("\u2502").strip()
+            if text and set(text) <= {"-", "\u2500"}:
+                if body:
+                    break
+            elif text:
+                body.append(text)
+        sys.exit(f"{os.path.basename(__file__)}: error: {' '.join(body) or 'invalid arguments'} (see --help)")
+    check_args(args)
+    return args
+
+
 def check_args(args: Args) -> None:
-    """Stop with one line on stderr and exit status 2 if `args` cannot describe a run."""
+    """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
     problems = []
     try:
         ale_game_name(args.env_id)
@@ -134,12 +158,16 @@ def check_args(args: Args) -> None:
         problems.append(f"--gamma must be in [0, 1], got {args.gamma}")
     if args.train_frequency < 1 or args.target_network_frequency < 1:
         problems.append("--train-frequency and --target-network-frequency must be >= 1")
+    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
+        problems.append(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if not 0 <= args.end_e <= args.start_e <= 1:
+        problems.append(f"need 0 <= --end-e <= --start-e <= 1, got end-e {args.end_e}, start-e {args.start_e}")
     if not 0 < args.exploration_fraction <= 1:
         problems.append(f"--exploration-fraction must be in (0, 1], got {args.exploration_fraction}")
     if args.eval_episodes < 1:
         problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
     if problems:
-        sys.exit("soft_dqn.py: error: " + "; ".join(problems))
+        sys.exit(f"{os.path.basename(__file__)}: error: " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,14 +218,19 @@ def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_ep
     )
 
 
-def game_restarted(terminated: np.ndarray, truncated: np.ndarray, lives: np.ndarray, prev_lives: np.ndarray) -> np.ndarray:
-    """Which envs started a new game in this step (SameStep autoreset).
+def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
+    """Which envs started a new game in this step (SameStep autoreset; `info` already
+    describes the new game there).
 
-    A truncation always restarts. A `terminated` is a life loss (game goes on) exactly when
-    the lives counter dropped; at a game over the counter already shows the new game's
-    lives, which is never below the last life of the game that ended.
+    A truncation always restarts. A `terminated` is a game over, not a life loss, when the
+    game's frame counter went back (it only grows within a game) or the lives counter did
+    not drop (a life loss always drops it; a new game starts with full lives). Each signal
+    alone has a blind spot (a game shorter than the no-op reset; a game ending with bonus
+    lives); neither ever fires on a life loss.
     """
-    return truncated | (terminated & (lives >= prev_lives))
+    frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
+    lives_kept = info["lives"] >= prev_info["lives"]
+    return truncated | (terminated & (frame_went_back | lives_kept))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,11 +278,12 @@ def soft_value(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
     kl:      V = tau * log E_{a~uniform} exp(Q(s,a)/tau) = tau*logsumexp(Q/tau) - tau*log|A|
     entropy: V = tau * logsumexp(Q/tau)  (= the kl form + tau*log|A|)
     tau = 0: V = max_a Q(s,a), the limit of both forms (the standard DQN backup).
-    logsumexp subtracts the max first, so |Q| up to 1e6 and tau down to 1e-6 stay finite.
+    Q - max Q is divided by tau, never Q itself: finite for any |Q| < 1e38 and any tau > 0.
     """
+    q_max = q.max(dim=-1, keepdim=True).values
     if tau == 0:
-        return q.max(dim=-1).values
-    v = tau * torch.logsumexp(q / tau, dim=-1)
+        return q_max.squeeze(-1)
+    v = q_max.squeeze(-1) + tau * torch.logsumexp((q - q_max) / tau, dim=-1)
     if regularizer == "kl":
         v = v - tau * math.log(q.shape[-1])
     return v
@@ -259,8 +293,8 @@ def boltzmann_entropy(q: torch.Tensor, tau: float) -> torch.Tensor:
     """H(pi_Q(.|s)) of the Boltzmann policy pi_Q = softmax(Q/tau) (eq. 56); 0 for tau = 0 (greedy)."""
     if tau == 0:
         return torch.zeros(q.shape[:-1], dtype=q.dtype, device=q.device)
-    log_pi = torch.log_softmax(q / tau, dim=-1)
-    return -(log_pi.exp() * log_pi).sum(dim=-1)
+    pi = torch.softmax((q - q.max(dim=-1, keepdim=True).values) / tau, dim=-1)
+    return -torch.special.xlogy(pi, pi).sum(dim=-1)
 
 
 def soft_bonus(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
@@ -336,7 +370,7 @@ class FrameReplayBuffer:
     slots k-3..k, with frames before the game's first slot zeroed, exactly as ale-py builds
     observations after a reset. When a game ends, one extra slot holds its last observation
     (`info["final_obs"]`, no action), so a truncated game can bootstrap from it; the next
-    slot starts the new game. 1M slots take 1M * 84*84 bytes = 7.06 GB of frames + 11 MB.
+    slot starts the new game. 1M slots take 1M * 84*84 bytes = 7.06 GB of frames + 13 MB.
     """
 
     def __init__(self, buffer_size: int, num_envs: int, n_step: int, frame_shape=(84, 84), stack: int = 4):
@@ -344,7 +378,7 @@ class FrameReplayBuffer:
         self.capacity = buffer_size // num_envs  # slots per env
         shape = (num_envs, self.capacity)
         self.frames = torch.zeros(shape + tuple(frame_shape), dtype=torch.uint8)
-        self.actions = torch.zeros(shape, dtype=torch.int64)
+        self.actions = torch.zeros(shape, dtype=torch.uint8)  # Atari has at most 18 actions
         self.rewards = torch.zeros(shape, dtype=torch.float32)
         self.bonuses = torch.zeros(shape, dtype=torch.float32)
         self.terminated = torch.zeros(shape, dtype=torch.bool)
@@ -358,7 +392,7 @@ class FrameReplayBuffer:
         env_idx = torch.from_numpy(envs)
         pos = torch.from_numpy(self.count[envs] % self.capacity)
         self.frames[env_idx, pos] = torch.as_tensor(frames)
-        self.actions[env_idx, pos] = torch.as_tensor(actions, dtype=torch.int64)
+        self.actions[env_idx, pos] = torch.as_tensor(actions, dtype=torch.uint8)
         self.rewards[env_idx, pos] = torch.as_tensor(rewards, dtype=torch.float32)
         self.bonuses[env_idx, pos] = torch.as_tensor(bonuses, dtype=torch.float32)
         self.terminated[env_idx, pos] = torch.as_tensor(terminated)
@@ -418,7 +452,7 @@ class FrameReplayBuffer:
             env=env_t,
             slot=slot_t,
             obs=self.stacks(env_t, slot_t),
-            actions=self.actions[env_t, slot_t % self.capacity],
+            actions=self.actions[env_t, slot_t % self.capacity].long(),
             rewards=self.rewards[rows, window],
             bonuses=self.bonuses[rows, window],
             terminated=self.terminated[rows, window],
@@ -433,24 +467,30 @@ class FrameReplayBuffer:
 
 class Progress:
     """One status line (steps, SPS, recent game return, ETA): redrawn in place on a terminal,
-    printed as a plain line every 30 s when output goes to a file."""
+    printed as a plain line every 30 s when output goes to a file. SPS and ETA use the last
+    30 s window, not the run's average (DQN's warm-up steps are ~8x faster than training)."""
 
     def __init__(self, total: int):
-        self.total, self.start, self.tty = total, time.time(), sys.stderr.isatty()
+        self.total, self.tty = total, sys.stderr.isatty()
+        self.start = self.window_time = time.time()
+        self.window_step, self.window_sps = 0, None
         self.last_draw, self.returns = 0.0, []
 
     def update(self, step: int, force: bool = False):
         now = time.time()
+        if now - self.window_time >= 30.0:
+            self.window_sps = (step - self.window_step) / (now - self.window_time)
+            self.window_time, self.window_step = now, step
         if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
             return
         self.last_draw = now
-        sps = step / max(now - self.start, 1e-9)
-        eta = (self.total - step) / max(sps, 1e-9)
+        sps = self.window_sps if self.window_sps is not None else step / max(now - self.start, 1e-9)
+        eta = int((self.total - step) / max(sps, 1e-9))
         ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
         filled = int(20 * step / self.total)
         line = (
             f"[{'#' * filled}{'.' * (20 - filled)}] {step:,}/{self.total:,} steps | {sps:,.0f} SPS | "
-            f"return(last 20) {ret} | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
+            f"return(last 20) {ret} | ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
         )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
@@ -518,8 +558,7 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    check_args(args)
+    args = parse_args()
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
@@ -556,7 +595,6 @@ if __name__ == "__main__":
     bonus_needed = args.tau > 0 and args.n_step > 1
 
     obs, info = envs.reset(seed=args.seed)
-    lives = info["lives"]
     game_return = np.zeros(args.num_envs)
     game_length = np.zeros(args.num_envs, dtype=np.int64)
     games_env0, video_frames = 0, []
@@ -564,7 +602,7 @@ if __name__ == "__main__":
     start_time = time.time()
     global_step, num_updates = 0, 0
     while global_step < args.total_timesteps:
-        epsilon = linear_schedule(args.start_e, args.end_e, int(args.exploration_fraction * args.total_timesteps), global_step)
+        epsilon = linear_schedule(args.start_e, args.end_e, max(1, int(args.exploration_fraction * args.total_timesteps)), global_step)
         explore = rng.random(args.num_envs) < epsilon
         actions = rng.integers(0, num_actions, args.num_envs)
         bonus = np.zeros(args.num_envs, dtype=np.float32)
@@ -575,8 +613,9 @@ if __name__ == "__main__":
             if bonus_needed:
                 bonus = soft_bonus(q, args.tau, args.regularizer).cpu().numpy()
 
+        prev_info = info
         next_obs, reward, terminated, truncated, info = envs.step(actions)
-        restarted = game_restarted(terminated, truncated, info["lives"], lives)
+        restarted = game_restarted(terminated, truncated, info, prev_info)
         rb.add(obs, actions, np.clip(reward, -1, 1), bonus, terminated, truncated, restarted, info.get("final_obs"))
 
         if args.capture_video and video_schedule(games_env0):
@@ -593,7 +632,7 @@ if __name__ == "__main__":
                     video_frames = []
                 games_env0 += 1
             game_return[e], game_length[e] = 0.0, 0
-        obs, lives = next_obs, info["lives"]
+        obs = next_obs
         global_step += args.num_envs
 
         # Training: one gradient step per `train_frequency` env steps, whatever num_envs is.

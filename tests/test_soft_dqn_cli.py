@@ -33,7 +33,10 @@ def test_smoke_run_logs_finite_losses(run_script, tmp_path, backup, n_step):
     assert proc.returncode == 0, proc.stderr
     scalars = read_scalars(only_run_dir(tmp_path))
     assert TAGS <= set(scalars), TAGS - set(scalars)
-    assert len(scalars["losses/td_loss"]) == 2  # 200 updates, logged every 100
+    # one update per 2 env steps from step 400 on, logged every 100 updates; epsilon 1 -> 0.5
+    # over 800 steps, as used for the vector step that started at step 598
+    assert [step for step, _ in scalars["losses/td_loss"]] == [600, 800]
+    assert scalars["charts/epsilon"][0] == (600, pytest.approx(1 - 0.5 * 598 / 800))
     for tag in ("losses/td_loss", "losses/q_values", "charts/policy_entropy"):
         assert all(math.isfinite(v) for _, v in scalars[tag]), tag
     entropies = [v for _, v in scalars["charts/policy_entropy"]]
@@ -41,9 +44,19 @@ def test_smoke_run_logs_finite_losses(run_script, tmp_path, backup, n_step):
         assert entropies == [0.0, 0.0]
     else:
         assert all(0 < h <= math.log(4) + 1e-6 for h in entropies)
-    # real games (all 5 lives), scored with unclipped rewards; a Breakout game lasts far
-    # longer than one life (~40 steps when playing randomly)
-    assert all(length > 100 for _, length in scalars["charts/episodic_length"])
+    # real games (all 5 lives): a Breakout game lasts far longer than one life (~40 steps at random)
+    assert scalars["charts/episodic_length"] and all(length > 100 for _, length in scalars["charts/episodic_length"])
+
+
+def test_episodic_return_is_the_unclipped_game_score(run_script, tmp_path):
+    """MsPacman pays 10 points a dot: clipped, a random game scores ~20; unclipped ~200."""
+    proc = run_script(
+        "soft_dqn.py", "--env-id", "MsPacmanNoFrameskip-v4", "--num-envs", "2", "--total-timesteps", "1200",
+        "--learning-starts", "1100", "--buffer-size", "1200", "--end-e", "1.0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    returns = [r for _, r in read_scalars(only_run_dir(tmp_path))["charts/episodic_return"]]
+    assert returns and all(r % 10 == 0 for r in returns) and max(returns) >= 100, returns
 
 
 def test_same_seed_gives_identical_logs(run_script, tmp_path):
@@ -81,6 +94,11 @@ def test_save_model_then_evaluate(run_script, tmp_path):
         (["--learning-starts", "16"], "--learning-starts 16 is below --batch-size 32"),
         (["--num-envs", "0"], "--num-envs must be >= 1"),
         (["--buffer-size", "40", "--batch-size", "8", "--num-envs", "8"], "slots per env"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0"),
+        (["--end-e", "2"], "need 0 <= --end-e <= --start-e <= 1"),
+        (["--tau", "abc"], "Error parsing --tau: could not convert string to float: 'abc'"),
+        (["--regularizer", "foo"], "invalid choice 'foo' for argument '--regularizer'"),
+        (["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, args, message):

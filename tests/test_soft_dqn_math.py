@@ -76,7 +76,7 @@ def test_tau_to_zero_limit_is_max(regularizer):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("regularizer", ["entropy", "kl"])
-@pytest.mark.parametrize("tau", [1e-6, 1e-3, 0.1, 10.0])
+@pytest.mark.parametrize("tau", [1e-39, 1e-6, 1e-3, 0.1, 10.0])
 def test_extreme_magnitudes_stay_finite(dtype, regularizer, tau):
     q = torch.tensor([[1e6, -1e6, 0.0, 1e6 - 1], [-1e6, -1e6, -1e6, -1e6], [1e6, 1e6, 1e6, 1e6]], dtype=dtype)
     v = sd.soft_value(q, tau, regularizer)

@@ -36,23 +36,23 @@ def rollout():
     rng = np.random.default_rng(0)
     envs = sd.make_env("BreakoutNoFrameskip-v4", NUM_ENVS, max_episode_frames=700)
     obs, info = envs.reset(seed=0)
-    lives, frame = info["lives"], info["episode_frame_number"]
     ro = Rollout()
     for _ in range(STEPS):
         actions = rng.integers(0, envs.single_action_space.n, NUM_ENVS)
+        prev_info = info
         next_obs, reward, terminated, truncated, info = envs.step(actions)
         ro.obs.append(obs)
         ro.actions.append(actions)
         ro.rewards.append(reward)
         ro.terminated.append(terminated)
         ro.truncated.append(truncated)
-        ro.restarted.append(sd.game_restarted(terminated, truncated, info["lives"], lives))
+        ro.restarted.append(sd.game_restarted(terminated, truncated, info, prev_info))
         ro.lives.append(info["lives"])
-        ro.prev_lives.append(lives)
-        ro.episode_frame.append((frame, info["episode_frame_number"]))
+        ro.prev_lives.append(prev_info["lives"])
+        ro.episode_frame.append((prev_info["episode_frame_number"], info["episode_frame_number"]))
         ro.next_obs.append(next_obs)
         ro.final_obs.append(info["final_obs"].copy() if "final_obs" in info else None)
-        obs, lives, frame = next_obs, info["lives"], info["episode_frame_number"]
+        obs = next_obs
     envs.close()
     restarted, truncated = np.array(ro.restarted), np.array(ro.truncated)
     life_losses = np.array(ro.terminated) & ~restarted
@@ -76,6 +76,42 @@ def test_life_loss_continues_the_game_and_game_over_restarts_it(rollout):
                 assert np.array_equal(nxt[:3], obs[1:]) and frame == prev_frame + 4
                 if rollout.terminated[t][e]:
                     assert rollout.lives[t][e] == rollout.prev_lives[t][e] - 1
+
+
+def test_game_restarted_covers_each_signals_blind_spot():
+    def info(lives, frame):
+        return {"lives": np.array(lives), "episode_frame_number": np.array(frame)}
+
+    cases = [  # (terminated, truncated, lives before -> after, frame before -> after, restarted)
+        (True, False, (3, 2), (400, 404), False),  # life loss: the game goes on
+        (False, False, (3, 3), (400, 404), False),  # an ordinary step
+        (True, False, (1, 5), (800, 20), True),  # game over, new game with full lives
+        (True, False, (0, 0), (3000, 24), True),  # game over in a game without lives (Pong)
+        (True, False, (6, 5), (900, 25), True),  # game over holding bonus lives: frame counter tells
+        (True, False, (1, 5), (16, 40), True),  # game shorter than the no-op reset: lives tell
+        (False, True, (4, 5), (108_000, 30), True),  # time limit
+    ]
+    for terminated, truncated, lives, frames, want in cases:
+        got = sd.game_restarted(
+            np.array(terminated), np.array(truncated), info(lives[1], frames[1]), info(lives[0], frames[0])
+        )
+        assert got == want, (terminated, truncated, lives, frames)
+
+
+def test_evaluation_env_ends_episodes_only_at_game_over():
+    """`life_loss_terminal=False` (evaluation): a lost life is neither terminated nor a restart."""
+    envs = sd.make_env("BreakoutNoFrameskip-v4", 2, life_loss_terminal=False)
+    obs, info = envs.reset(seed=0)
+    rng, lost, over = np.random.default_rng(0), 0, 0
+    for _ in range(800):
+        prev_lives = info["lives"]
+        obs, _, terminated, truncated, info = envs.step(rng.integers(0, 4, 2))
+        life_lost = (info["lives"] < prev_lives) & ~terminated
+        lost += life_lost.sum()
+        over += terminated.sum()
+        assert not (terminated & (info["lives"] < prev_lives)).any()
+    envs.close()
+    assert lost > 5 and over >= 2
 
 
 def fill_buffer(rollout, buffer_size, n_step, bonuses):
