@@ -78,6 +78,34 @@ def test_life_loss_continues_the_game_and_game_over_restarts_it(rollout):
                     assert rollout.lives[t][e] == rollout.prev_lives[t][e] - 1
 
 
+def test_next_step_autoreset_for_contrast():
+    """Why soft_dqn.py uses SameStep. Under NextStep (gymnasium's default) a life loss also
+    lets the game go on, but the step after a game over is a reset step: its action is
+    ignored and it is not a transition, so every loop would have to skip it."""
+    from ale_py.vector_env import AtariVectorEnv
+
+    envs = AtariVectorEnv("breakout", 1, autoreset_mode="NextStep", life_loss_info=True, reward_clipping=False)
+    obs, info = envs.reset(seed=0)
+    rng, seen_life_loss, seen_reset = np.random.default_rng(0), 0, 0
+    for _ in range(1500):
+        prev_obs, prev_info = obs, info
+        obs, reward, terminated, truncated, info = envs.step(rng.integers(0, 4, 1))
+        if terminated[0] or truncated[0]:
+            game_over = prev_info["lives"][0] == 1 and info["lives"][0] == 0
+            after_obs, after_reward, after_term, _, after_info = envs.step(rng.integers(0, 4, 1))
+            if game_over:  # reset step: fresh stack, zero reward, frame counter restarted
+                seen_reset += 1
+                assert not after_obs[0, :3].any() and after_reward[0] == 0 and not after_term[0]
+                assert after_info["episode_frame_number"][0] < info["episode_frame_number"][0]
+            else:  # the same game goes on, one frame later in the stack
+                seen_life_loss += 1
+                assert np.array_equal(after_obs[0, :3], obs[0, 1:])
+                assert after_info["episode_frame_number"][0] == info["episode_frame_number"][0] + 4
+            obs, info = after_obs, after_info
+    envs.close()
+    assert seen_life_loss > 10 and seen_reset >= 2
+
+
 def test_game_restarted_covers_each_signals_blind_spot():
     def info(lives, frame):
         return {"lives": np.array(lives), "episode_frame_number": np.array(frame)}
