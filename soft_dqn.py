@@ -387,6 +387,7 @@ class FrameReplayBuffer:
         self.acted = torch.zeros(shape, dtype=torch.bool)  # False for a game's final-observation slot
         self.count = np.zeros(num_envs, dtype=np.int64)  # slots written per env, ever
         self._next_first = np.ones(num_envs, dtype=bool)
+        self._all_envs = np.arange(num_envs)
 
     def _write(self, envs: np.ndarray, frames, actions, rewards, bonuses, terminated, truncated, first, acted):
         env_idx = torch.from_numpy(envs)
@@ -404,8 +405,7 @@ class FrameReplayBuffer:
     def add(self, obs, actions, rewards, bonuses, terminated, truncated, restarted, final_obs=None):
         """Store one vector step: s_t (`obs`), a_t, r_t, bonus(s_t) and the step's end flags;
         for envs that `restarted` a game, also the ended game's last observation."""
-        all_envs = np.arange(self.num_envs)
-        self._write(all_envs, obs[:, -1], actions, rewards, bonuses, terminated, truncated, self._next_first, True)
+        self._write(self._all_envs, obs[:, -1], actions, rewards, bonuses, terminated, truncated, self._next_first, True)
         ended = np.flatnonzero(restarted)
         if len(ended):
             no = np.zeros(len(ended), dtype=bool)
@@ -608,10 +608,10 @@ if __name__ == "__main__":
         bonus = np.zeros(args.num_envs, dtype=np.float32)
         if bonus_needed or not explore.all():
             with torch.no_grad():
-                q = q_network(torch.from_numpy(obs).to(device))
-            actions = np.where(explore, actions, q.argmax(dim=1).cpu().numpy())
+                q = q_network(torch.from_numpy(obs).to(device)).cpu()  # one device->host copy per step
+            actions = np.where(explore, actions, q.argmax(dim=1).numpy())
             if bonus_needed:
-                bonus = soft_bonus(q, args.tau, args.regularizer).cpu().numpy()
+                bonus = soft_bonus(q, args.tau, args.regularizer).numpy()
 
         prev_info = info
         next_obs, reward, terminated, truncated, info = envs.step(actions)
@@ -650,7 +650,7 @@ if __name__ == "__main__":
             loss = F.mse_loss(q_taken, td_target)
             if not torch.isfinite(loss):
                 progress.close(global_step)
-                sys.exit(f"soft_dqn.py: error: non-finite losses/td_loss ({loss.item()}) at global_step {global_step}, update {num_updates}")
+                sys.exit(f"{os.path.basename(__file__)}: error: non-finite losses/td_loss ({loss.item()}) at global_step {global_step}, update {num_updates}")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
