@@ -238,12 +238,6 @@ def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, pr
 # ----------------------------------------------------------------------------------------------
 
 
-def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
 class QNetwork(nn.Module):
     """Nature DQN: uint8 frames (N, 4, 84, 84) -> Q(s, .) (N, |A|)."""
 
@@ -468,7 +462,8 @@ class FrameReplayBuffer:
 class Progress:
     """One status line (steps, SPS, recent game return, ETA): redrawn in place on a terminal,
     printed as a plain line every 30 s when output goes to a file. SPS and ETA use the last
-    30 s window, not the run's average (DQN's warm-up steps are ~8x faster than training)."""
+    30 s window, not the run's average (a run's speed changes: DQN's warm-up is ~8x faster
+    than its training)."""
 
     def __init__(self, total: int):
         self.total, self.tty = total, sys.stderr.isatty()
