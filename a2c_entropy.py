@@ -123,6 +123,8 @@ def parse_args() -> Args:
 def check_args(args: Args) -> None:
     """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
     problems = []
+    if not 0 <= args.seed < 2**32:
+        problems.append(f"--seed must be in [0, 2**32), got {args.seed}")
     try:
         ale_game_name(args.env_id)
     except ValueError as e:
@@ -148,8 +150,8 @@ def check_args(args: Args) -> None:
         problems.append(f"--max-grad-norm must be > 0, got {args.max_grad_norm}")
     if not 0 <= args.rmsprop_alpha < 1:
         problems.append(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
-    if not args.rmsprop_eps > 0:
-        problems.append(f"--rmsprop-eps must be > 0, got {args.rmsprop_eps}")
+    if not (args.rmsprop_eps > 0 and math.isfinite(args.rmsprop_eps)):
+        problems.append(f"--rmsprop-eps must be a finite number > 0, got {args.rmsprop_eps}")
     if args.log_interval < 1:
         problems.append(f"--log-interval must be >= 1, got {args.log_interval}")
     if args.eval_episodes < 1:
@@ -264,8 +266,9 @@ class RMSpropTF(torch.optim.Optimizer):
         ms <- alpha * ms + (1 - alpha) * g^2      (ms starts at 1, not 0)
         p  <- p - lr * g / sqrt(ms + eps)         (eps inside the square root)
 
-    torch.optim.RMSprop starts ms at 0 and adds eps outside the root; with eps = 1e-5 its first
-    steps are up to ~lr/1e-5 large, and A2C is known to train worse with it on Atari.
+    torch.optim.RMSprop starts ms at 0 and adds eps outside the root: its first step is
+    lr * g / (sqrt(1 - alpha) |g| + eps), about 10 * lr for any gradient, where TensorFlow's is
+    about lr * g. A2C is known to train worse with it on Atari.
     """
 
     def __init__(self, params, lr: float, alpha: float, eps: float):

@@ -124,6 +124,8 @@ def parse_args() -> Args:
 def check_args(args: Args) -> None:
     """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
     problems = []
+    if not 0 <= args.seed < 2**32:
+        problems.append(f"--seed must be in [0, 2**32), got {args.seed}")
     try:
         ale_game_name(args.env_id)
     except ValueError as e:

@@ -12,19 +12,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def run_in(cwd: Path, script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS...` in `cwd` (runs/ and videos/ land there), as a user does."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture
 def run_script(tmp_path):
-    """Run `python SCRIPT ARGS...` in a fresh directory (runs/ and videos/ land there)."""
+    """run_in a fresh directory: run_script(script, *args, env=..., timeout=...)."""
 
     def run(script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, str(ROOT / script), *args],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return run_in(tmp_path, script, *args, env=env, timeout=timeout)
 
     return run
 

@@ -1,11 +1,15 @@
 """a2c_entropy.py run as a user runs it: both modes x both regularizers on a tiny budget, the
-logged tags and learning-rate schedule, determinism, --save-model evaluation, bad input."""
+logged tags and learning-rate schedule, that the mode reaches the update, determinism, the
+time-limit bootstrap, --save-model evaluation, bad input."""
 
 import math
+import runpy
+import sys
 
+import numpy as np
 import pytest
 
-from conftest import only_run_dir, read_scalars
+from conftest import ROOT, only_run_dir, read_scalars, run_in
 
 # 4 envs x 5 steps = 20 agent steps per update, 100 updates, losses logged every 25 (~5 s).
 SMOKE = "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25".split()
@@ -20,14 +24,31 @@ TAGS = {
     "losses/kl",
     "losses/explained_variance",
 }
+RUNS = {
+    "proper-entropy": ["--entropy-mode", "proper", "--regularizer", "entropy"],
+    "proper-kl": ["--entropy-mode", "proper", "--regularizer", "kl"],
+    "naive-entropy": ["--entropy-mode", "naive", "--regularizer", "entropy"],
+    "naive-kl": ["--entropy-mode", "naive", "--regularizer", "kl"],
+    "proper-tau0": ["--entropy-mode", "proper", "--tau", "0"],
+    "naive-tau0": ["--entropy-mode", "naive", "--tau", "0"],
+}
 
 
-@pytest.mark.parametrize("regularizer", ["entropy", "kl"])
-@pytest.mark.parametrize("mode", ["proper", "naive"])
-def test_smoke_run_logs_finite_losses(run_script, tmp_path, mode, regularizer):
-    proc = run_script("a2c_entropy.py", *SMOKE, "--entropy-mode", mode, "--regularizer", regularizer)
-    assert proc.returncode == 0, proc.stderr
-    scalars = read_scalars(only_run_dir(tmp_path))
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict[str, dict]:
+    """The scalars each run of RUNS logged (same seed), without the wall-clock-based SPS."""
+    logs = {}
+    for name, extra in RUNS.items():
+        cwd = tmp_path_factory.mktemp(name)
+        proc = run_in(cwd, "a2c_entropy.py", *SMOKE, *extra)
+        assert proc.returncode == 0, proc.stderr
+        logs[name] = read_scalars(only_run_dir(cwd))
+    return logs
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_smoke_run_logs_finite_losses(smoke, name):
+    scalars = smoke[name]
     assert TAGS <= set(scalars), TAGS - set(scalars)
     assert [step for step, _ in scalars["losses/value_loss"]] == [500, 1000, 1500, 2000]
     for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/kl"):
@@ -41,17 +62,53 @@ def test_smoke_run_logs_finite_losses(run_script, tmp_path, mode, regularizer):
     assert scalars["charts/episodic_length"] and all(length > 100 for _, length in scalars["charts/episodic_length"])
 
 
-def test_same_seed_gives_identical_logs(run_script, tmp_path):
-    logs = []
-    for i in range(2):
-        proc = run_script("a2c_entropy.py", *SMOKE, "--regularizer", "kl", "--exp-name", f"det{i}")
-        assert proc.returncode == 0, proc.stderr
-        run_dir = next(p.parent for p in (tmp_path / "runs").rglob("events.out.tfevents.*") if f"det{i}" in str(p))
-        scalars = read_scalars(run_dir)
-        scalars.pop("charts/SPS")
-        logs.append(scalars)
-    assert logs[0] == logs[1]
-    assert len(logs[0]["losses/policy_loss"]) == 4 and logs[0]["charts/episodic_return"]
+def without_sps(scalars: dict) -> dict:
+    return {tag: values for tag, values in scalars.items() if tag != "charts/SPS"}
+
+
+def test_the_mode_reaches_the_update(smoke):
+    """Same seed everywhere. With tau = 0 there is no bonus, so the two modes train
+    identically; the naive mode's gradient does not depend on --regularizer (-tau H and
+    +tau KL differ by a constant); with tau > 0 the proper mode's value targets differ."""
+    assert without_sps(smoke["proper-tau0"]) == without_sps(smoke["naive-tau0"])
+    for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "charts/episodic_return"):
+        np.testing.assert_allclose(
+            [v for _, v in smoke["naive-entropy"][tag]], [v for _, v in smoke["naive-kl"][tag]], rtol=1e-4, err_msg=tag
+        )
+    assert smoke["proper-entropy"]["losses/value_loss"] != smoke["naive-entropy"]["losses/value_loss"]
+    assert smoke["proper-kl"]["losses/value_loss"] != smoke["proper-entropy"]["losses/value_loss"]
+
+
+def test_same_seed_gives_identical_logs(smoke, tmp_path):
+    proc = run_in(tmp_path, "a2c_entropy.py", *SMOKE, *RUNS["proper-kl"])
+    assert proc.returncode == 0, proc.stderr
+    assert without_sps(read_scalars(only_run_dir(tmp_path))) == without_sps(smoke["proper-kl"])
+
+
+def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path):
+    """The 108,000-frame limit is never reached in a smoke run: run the script in-process
+    with a 400-frame limit (100 agent steps), so most games end by truncation."""
+    import ale_py.vector_env
+
+    truncations = []
+
+    class Limited(ale_py.vector_env.AtariVectorEnv):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "max_num_frames_per_episode": 400})
+
+        def step(self, actions):
+            out = super().step(actions)
+            truncations.append(out[3] & ~out[2])
+            return out
+
+    monkeypatch.setattr(ale_py.vector_env, "AtariVectorEnv", Limited)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["a2c_entropy.py", *SMOKE])
+    result = runpy.run_path(str(ROOT / "a2c_entropy.py"), run_name="__main__")
+    assert np.sum(truncations) >= 15  # 4 envs x 500 steps, 100 steps a game at most
+    lengths = [length for _, length in read_scalars(only_run_dir(tmp_path))["charts/episodic_length"]]
+    assert len(lengths) >= 15 and max(lengths) <= 100
+    assert result["global_step"] == 2000
 
 
 def test_save_model_then_evaluate(run_script, tmp_path):
@@ -81,6 +138,8 @@ def test_save_model_then_evaluate(run_script, tmp_path):
         (["--entropy-mode", "foo"], "invalid choice 'foo' for argument '--entropy-mode'"),
         (["--regularizer", "l2"], "invalid choice 'l2' for argument '--regularizer'"),
         (["--num-steps", "five"], "Error parsing --num-steps"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+        (["--rmsprop-eps", "inf"], "--rmsprop-eps must be a finite number > 0"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, args, message):

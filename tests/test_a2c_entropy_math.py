@@ -19,35 +19,37 @@ def advantages(rewards, bonuses, values, next_value, terminated, truncated=None,
     return a2c.n_step_advantages(f(rewards), f(bonuses), f(values), f(next_value), terminated, truncated, cut_values, gamma, mode)
 
 
-# One rollout, T = 4 steps of 3 envs (columns), gamma = 0.5:
+# One rollout, T = 4 steps of 4 envs (columns), gamma = 0.5:
 #   env 0: a termination in the middle (after step 1): steps 0-1 and 2-3 are separate episodes;
 #   env 1: a termination at the last step: V(s_T) = 100 must not be used;
-#   env 2: a truncation after step 1 (time limit, V of the cut state = 8), then a new game.
-REWARDS = [[1, 0, 0], [0, 1, 1], [2, 0, 0], [1, 1, 1]]
-BONUSES = [[0.1, -0.1, 0.5], [0.2, -0.2, 0.5], [0.3, -0.3, 0.5], [0.4, -0.4, 0.5]]
-VALUES = [[0.5, 1, 1], [1, 1, 1], [1.5, 1, 1], [2, 1, 1]]
-NEXT_VALUE = [4, 100, 2]
-TERMINATED = [[False, False, False], [True, False, False], [False, False, False], [False, True, False]]
-TRUNCATED = [[False, False, False], [False, False, True], [False, False, False], [False, False, False]]
-TRUNCATION_VALUES = [[0, 0, 0], [0, 0, 8], [0, 0, 0], [0, 0, 0]]
+#   env 2: a truncation after step 1 (time limit, V of the cut state = 8), then a new game;
+#   env 3: terminated and truncated in the same step (a game over at the time limit): no bootstrap.
+REWARDS = [[1, 0, 0, 1], [0, 1, 1, 1], [2, 0, 0, 1], [1, 1, 1, 1]]
+BONUSES = [[0.1, -0.1, 0.5, 0], [0.2, -0.2, 0.5, 0], [0.3, -0.3, 0.5, 0], [0.4, -0.4, 0.5, 0]]
+VALUES = [[0.5, 1, 1, 0], [1, 1, 1, 0], [1.5, 1, 1, 0], [2, 1, 1, 0]]
+NEXT_VALUE = [4, 100, 2, 2]
+TERMINATED = [[False, False, False, False], [True, False, False, True], [False, False, False, False], [False, True, False, False]]
+TRUNCATED = [[False, False, False, False], [False, False, True, True], [False, False, False, False], [False, False, False, False]]
+TRUNCATION_VALUES = [[0, 0, 0, 0], [0, 0, 8, 50], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 # Worked backwards from t = 3 (Vhat_t = r_t [+ bonus_t] + gamma * Vhat_{t+1}, cut at terminations):
 PROPER_RETURNS = [
     # env 0: 3.4 = 1+.4+.5*4; 4.0 = 2+.3+.5*3.4; 0.2 = 0+.2 (terminated); 1.2 = 1+.1+.5*.2
     # env 1: 0.6 = 1-.4 (terminated, no bootstrap); 0.0 = 0-.3+.5*.6; 0.8 = 1-.2+0; -0.1+.5*.8 = 0.3
     # env 2: 2.5 = 1+.5+.5*2; 1.75 = 0+.5+.5*2.5; 5.5 = 1+.5+.5*8 (truncated: V(cut state)); 0+.5+.5*5.5 = 3.25
-    [1.2, 0.3, 3.25],
-    [0.2, 0.8, 5.5],
-    [4.0, 0.0, 1.75],
-    [3.4, 0.6, 2.5],
+    # env 3: 2 = 1+.5*2; 2 = 1+.5*2; 1 (terminated: the 50 is not used); 1.5 = 1+.5*1
+    [1.2, 0.3, 3.25, 1.5],
+    [0.2, 0.8, 5.5, 1.0],
+    [4.0, 0.0, 1.75, 2.0],
+    [3.4, 0.6, 2.5, 2.0],
 ]
 NAIVE_RETURNS = [
     # env 0: 3 = 1+.5*4; 3.5 = 2+.5*3; 0 (terminated); 1 = 1+.5*0.  env 1: 1; .5; 1.25; .625.
-    # env 2: 2 = 1+.5*2; 1 = 0+.5*2; 5 = 1+.5*8 (truncated); 2.5 = 0+.5*5
-    [1.0, 0.625, 2.5],
-    [0.0, 1.25, 5.0],
-    [3.5, 0.5, 1.0],
-    [3.0, 1.0, 2.0],
+    # env 2: 2 = 1+.5*2; 1 = 0+.5*2; 5 = 1+.5*8 (truncated); 2.5 = 0+.5*5.  env 3: no bonuses, as proper
+    [1.0, 0.625, 2.5, 1.5],
+    [0.0, 1.25, 5.0, 1.0],
+    [3.5, 0.5, 1.0, 2.0],
+    [3.0, 1.0, 2.0, 2.0],
 ]
 
 

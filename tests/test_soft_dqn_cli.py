@@ -99,6 +99,7 @@ def test_save_model_then_evaluate(run_script, tmp_path):
         (["--tau", "abc"], "Error parsing --tau: could not convert string to float: 'abc'"),
         (["--regularizer", "foo"], "invalid choice 'foo' for argument '--regularizer'"),
         (["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32)"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, args, message):
