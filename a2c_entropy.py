@@ -589,10 +589,9 @@ if __name__ == "__main__":
             args.gamma,
             args.entropy_mode,
         )
-        loss, parts = a2c_loss(
-            logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions), advantages.flatten(), value_targets.flatten(),
-            args.tau, args.regularizer, args.vf_coef,
-        )  # fmt: skip
+        logits, values, actions = logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions)
+        advantages, value_targets = advantages.flatten(), value_targets.flatten()
+        loss, parts = a2c_loss(logits, values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef)
         if not torch.isfinite(loss):
             progress.close(global_step)
             bad = [f"losses/{k} ({v.item()})" for k, v in parts.items() if not torch.isfinite(v)] or [f"loss ({loss.item()})"]

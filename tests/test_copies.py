@@ -1,20 +1,37 @@
 """The scripts share no module (a user copies one file), so helpers are repeated between
-them. The repeated helpers must stay identical: then the environment tests written against
-soft_dqn.py (tests/test_soft_dqn_replay.py) cover every copy, and a fix in one is a fix in all."""
+them. The repeated helpers must stay identical: then the tests written against one copy
+(e.g. the environment tests in tests/test_soft_dqn_replay.py) cover every copy, and a fix in
+one is a fix in all. `diff a2c_entropy.py pgql_equiv.py` is then only Section 6.3."""
 
 import inspect
 
 import pytest
 
 import a2c_entropy
+import pgql_equiv
 import soft_dqn
 
-SHARED = ["ale_game_name", "make_env", "game_restarted", "parse_args", "Progress", "save_gif", "video_schedule"]
+# every script: the environment, argument parsing, progress line and videos
+ENV_AND_CLI = ["ale_game_name", "make_env", "game_restarted", "parse_args", "Progress", "save_gif", "video_schedule"]
+# the A2C family: network, optimizer, the paper's A2C math, sampling, evaluation
+A2C = [
+    "layer_init",
+    "ActorCritic",
+    "RMSpropTF",
+    "entropy_and_kl",
+    "reward_bonus",
+    "n_step_advantages",
+    "a2c_loss",
+    "sample_actions",
+    "explained_variance",
+    "evaluate",
+]
+PAIRS = [(soft_dqn, m, name) for m in (a2c_entropy, pgql_equiv) for name in ENV_AND_CLI]
+PAIRS += [(a2c_entropy, pgql_equiv, name) for name in A2C]
 
 
-@pytest.mark.parametrize("module", [a2c_entropy], ids=lambda m: m.__name__)
-@pytest.mark.parametrize("name", SHARED)
-def test_repeated_helper_is_identical_to_soft_dqns(module, name):
-    assert inspect.getsource(getattr(module, name)) == inspect.getsource(getattr(soft_dqn, name)), (
-        f"{module.__name__}.{name} differs from soft_dqn.{name}: change every copy"
+@pytest.mark.parametrize("original, copy, name", PAIRS, ids=lambda x: getattr(x, "__name__", x))
+def test_repeated_helper_is_identical(original, copy, name):
+    assert inspect.getsource(getattr(copy, name)) == inspect.getsource(getattr(original, name)), (
+        f"{copy.__name__}.{name} differs from {original.__name__}.{name}: change every copy"
     )

@@ -1,0 +1,745 @@
+"""One A2C loop on Atari, trained by policy gradient or by soft Q-learning, and the
+equivalence of the two checked live on the gradients that train it.
+
+Reference implementation of Section 4 and the experiment of Section 6.3 (Figure 3) of
+"Equivalence Between Policy Gradients and Soft Q-Learning" (Schulman, Chen, Abbeel 2017).
+Everything (envs, network, rollouts, RMSprop, schedule, clipping, logging) is a2c_entropy.py
+in its proper mode; only the loss differs:
+
+    --update pg:  entropy-regularized A2C, L = -log pi(a_t|s_t) Delta_t + tau KL(s_t) + c/2 (V(s_t) - Vhat_t)^2  (eq. 80, 84-86)
+    --update ql:  soft Q-learning on the same heads, Q(s,a) = V(s) + tau log(pi(a|s)/pibar(a|s)) (eq. 57),
+                  L = 1/2 (Q(s_t,a_t) - y_t)^2,  y_t = tau KL_t + V(s_t) + Delta_t  (n-step soft target, no gradient)
+
+Actions come from pi itself (no epsilon), and there is no target network. In expectation over
+a_t ~ pi(.|s_t), the soft Q-learning gradient is tau x the policy gradient plus the gradient
+of 1/2 (V - Vhat)^2 (eqs. 58-65): A2C with value coefficient c = 1/tau. Section 6.3 scales
+the gradient into the advantage stream tau log(pi/pibar) by 1/tau and into the value stream
+by c = 0.5 (`--grad-scaling`, default; forward values unchanged), which makes the two
+updates equal in expectation; the paper prints "1/gamma" for 1/tau (../shared/paper/NOTES.md).
+Every `--equiv-check-every` updates the run logs, on its current batch, how close the two
+gradients are with the expectation over actions taken exactly (`equiv/*`).
+
+Run:
+    python pgql_equiv.py --update pg          # entropy-regularized ("proper") A2C
+    python pgql_equiv.py --update ql          # soft Q-learning on Q = V + tau*log pi, same hyperparameters
+    python pgql_equiv.py --update ql --no-grad-scaling   # raw soft-Q: value weight 1/tau (the paper's c = 100 instability)
+    tensorboard --logdir runs
+"""
+
+import contextlib
+import io
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "soft-q-equivalence"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to save GIFs of what the agent sees (env 0) to `videos/{run_name}`"""
+    save_model: bool = False
+    """whether to save the model to `runs/{run_name}` and then evaluate it"""
+    eval_episodes: int = 10
+    """number of full games played with the stochastic policy after `--save-model`"""
+
+    # Algorithm specific arguments
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment (`BreakoutNoFrameskip-v4` or `ALE/Breakout-v5`: both name the game)"""
+    total_timesteps: int = 10_000_000
+    """total timesteps of the experiments (agent steps summed over envs; 4 frames each)"""
+    update: Literal["pg", "ql"] = "pg"
+    """`pg`: entropy-regularized policy gradient (A2C, proper); `ql`: soft Q-learning on Q = V + tau log(pi/pibar)"""
+    grad_scaling: bool = True
+    """ql: scale the gradient into the advantage stream by 1/tau and into the value stream by --vf-coef (Section 6.3)"""
+    equiv_check_every: int = 100
+    """every this many updates, log the exact-expectation QL vs PG gradient comparison (`equiv/*`); 0 disables"""
+    tau: float = 0.01
+    """the entropy / KL coefficient (temperature); > 0 for `--update ql`"""
+    regularizer: Literal["entropy", "kl"] = "entropy"
+    """`entropy` bonus +tau*H or `kl` penalty -tau*KL[pi || uniform]; they differ by tau*log|A| per step"""
+    learning_rate: float = 7e-4
+    """the learning rate of the optimizer (RMSprop)"""
+    anneal_lr: bool = True
+    """toggle linear decay of the learning rate to 0 over the run"""
+    num_envs: int = 16
+    """the number of parallel game environments"""
+    num_steps: int = 5
+    """the number of steps to run in each environment per policy rollout (the n of the n-step return)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    vf_coef: float = 0.5
+    """coefficient c of the value loss 1/2 (V - Vhat)^2 (eq. 86)"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    rmsprop_alpha: float = 0.99
+    """RMSprop's decay of the mean square"""
+    rmsprop_eps: float = 1e-5
+    """RMSprop's epsilon (added inside the square root, as in TensorFlow)"""
+    log_interval: int = 100
+    """log the losses every this many updates"""
+
+
+def parse_args() -> Args:
+    """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        return tyro.cli(Args)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            args = tyro.cli(Args)
+    except SystemExit:
+        body = []  # the message: the text between the title's rule and the next rule
+        for line in captured.getvalue().splitlines()[1:]:
+            text = line.strip().strip("\u2502").strip()
+            if text and set(text) <= {"-", "\u2500"}:
+                if body:
+                    break
+            elif text:
+                body.append(text)
+        sys.exit(f"{os.path.basename(__file__)}: error: {' '.join(body) or 'invalid arguments'} (see --help)")
+    check_args(args)
+    return args
+
+
+def check_args(args: Args) -> None:
+    """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
+    problems = []
+    if not 0 <= args.seed < 2**32:
+        problems.append(f"--seed must be in [0, 2**32), got {args.seed}")
+    try:
+        ale_game_name(args.env_id)
+    except ValueError as e:
+        problems.append(str(e))
+    if not (args.tau >= 0 and math.isfinite(args.tau)):
+        problems.append(f"--tau must be a finite number >= 0, got {args.tau}")
+    elif args.tau == 0 and (args.update == "ql" or args.equiv_check_every > 0):
+        problems.append(
+            "--tau 0 has no soft Q-function (Q = V + tau log(pi/pibar)): --update ql and the equivalence "
+            "check need tau > 0 (for plain A2C pass --equiv-check-every 0)"
+        )
+    if args.equiv_check_every < 0:
+        problems.append(f"--equiv-check-every must be >= 0 (0 disables), got {args.equiv_check_every}")
+    if args.num_envs < 1:
+        problems.append(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.num_steps < 1:
+        problems.append(f"--num-steps must be >= 1, got {args.num_steps}")
+    if args.num_envs >= 1 and args.num_steps >= 1 and args.total_timesteps < args.num_envs * args.num_steps:
+        problems.append(
+            f"--total-timesteps {args.total_timesteps} is less than one rollout "
+            f"(num-envs * num-steps = {args.num_envs * args.num_steps}): no update would run"
+        )
+    if not 0 <= args.gamma <= 1:
+        problems.append(f"--gamma must be in [0, 1], got {args.gamma}")
+    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
+        problems.append(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if not (args.vf_coef >= 0 and math.isfinite(args.vf_coef)):
+        problems.append(f"--vf-coef must be a finite number >= 0, got {args.vf_coef}")
+    if not args.max_grad_norm > 0:
+        problems.append(f"--max-grad-norm must be > 0, got {args.max_grad_norm}")
+    if not 0 <= args.rmsprop_alpha < 1:
+        problems.append(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
+    if not (args.rmsprop_eps > 0 and math.isfinite(args.rmsprop_eps)):
+        problems.append(f"--rmsprop-eps must be a finite number > 0, got {args.rmsprop_eps}")
+    if args.log_interval < 1:
+        problems.append(f"--log-interval must be >= 1, got {args.log_interval}")
+    if args.eval_episodes < 1:
+        problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if problems:
+        sys.exit(f"{os.path.basename(__file__)}: error: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment: ale-py's C++ vector env with the DQN-Nature preprocessing built in.
+# ----------------------------------------------------------------------------------------------
+
+
+def ale_game_name(env_id: str) -> str:
+    """`BreakoutNoFrameskip-v4` / `ALE/Breakout-v5` / `breakout` -> ale-py's ROM id `breakout`."""
+    from ale_py import roms
+
+    name = env_id.split("/")[-1]
+    name = re.sub(r"(NoFrameskip)?-v\d+$", "", name)
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    if name not in roms.get_all_rom_ids():
+        raise ValueError(
+            f"unknown game {env_id!r} (no ale-py ROM {name!r}); "
+            "use an id like BreakoutNoFrameskip-v4 or ALE/Pong-v5"
+        )
+    return name
+
+
+def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
+    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
+
+    Rewards come back raw (unclipped) so real game scores can be logged; clip for training.
+    Autoreset is SameStep: each step is a real transition; when a game ends the returned
+    observation already starts the next game ([0, 0, 0, first frame]) and the last
+    observation of the ended game is in info["final_obs"].
+
+    With `life_loss_terminal`, losing a life sets `terminated` while the game goes on (the
+    step after it continues the same game); that is DQN's EpisodicLifeEnv. ale-py's own
+    `episodic_life=True` instead restarts the whole game at every life loss, which is not
+    what DQN did, so it stays off. `game_restarted` tells the two kinds of `terminated` apart.
+    """
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        game=ale_game_name(env_id),
+        num_envs=num_envs,
+        autoreset_mode="SameStep",
+        episodic_life=False,
+        life_loss_info=life_loss_terminal,
+        reward_clipping=False,
+        repeat_action_probability=0.0,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+
+
+def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
+    """Which envs started a new game in this step (SameStep autoreset; `info` already
+    describes the new game there).
+
+    A truncation always restarts. A `terminated` is a game over, not a life loss, when the
+    game's frame counter went back (it only grows within a game) or the lives counter did
+    not drop (a life loss always drops it; a new game starts with full lives). Each signal
+    alone has a blind spot (a game shorter than the no-op reset; a game ending with bonus
+    lives); neither ever fires on a life loss.
+    """
+    frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
+    lives_kept = info["lives"] >= prev_info["lives"]
+    return truncated | (terminated & (frame_went_back | lives_kept))
+
+
+# ----------------------------------------------------------------------------------------------
+# Network and optimizer
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class ActorCritic(nn.Module):
+    """Nature CNN trunk shared by a policy head (logits, init scale 0.01) and a value head:
+    uint8 frames (N, 4, 84, 84) -> (logits (N, |A|), V(s) (N,))."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(3136, 512)),
+            nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1.0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # channels-last (NHWC) input: oneDNN's conv backward is ~30% faster on CPU; same math
+        hidden = self.trunk((x.float() / 255.0).contiguous(memory_format=torch.channels_last))
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSprop as TensorFlow 1 computes it, which is what OpenAI Baselines' A2C used:
+
+        ms <- alpha * ms + (1 - alpha) * g^2      (ms starts at 1, not 0)
+        p  <- p - lr * g / sqrt(ms + eps)         (eps inside the square root)
+
+    torch.optim.RMSprop starts ms at 0 and adds eps outside the root: its first step is
+    lr * g / (sqrt(1 - alpha) |g| + eps), about 10 * lr for any gradient, where TensorFlow's is
+    about lr * g. A2C is known to train worse with it on Atari.
+    """
+
+    def __init__(self, params, lr: float, alpha: float, eps: float):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            for p in params:
+                if "square_avg" not in self.state[p]:
+                    self.state[p]["square_avg"] = torch.ones_like(p)
+            mean_sq = [self.state[p]["square_avg"] for p in params]
+            torch._foreach_mul_(mean_sq, group["alpha"])
+            torch._foreach_addcmul_(mean_sq, grads, grads, value=1 - group["alpha"])
+            denom = torch._foreach_add(mean_sq, group["eps"])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's math (uniform reference policy pibar = 1/|A| throughout)
+# ----------------------------------------------------------------------------------------------
+
+
+def entropy_and_kl(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26 with
+    pibar uniform), over the last axis of the policy's logits."""
+    log_pi = F.log_softmax(logits, dim=-1)
+    entropy = -(log_pi.exp() * log_pi).sum(dim=-1)
+    return entropy, math.log(logits.shape[-1]) - entropy
+
+
+def reward_bonus(logits: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
+    """The per-step augmentation of the reward in the entropy-regularized return (eq. 36):
+    -tau*KL[pi || pibar](s) for `kl`, +tau*H(pi(.|s)) for `entropy` (= the kl form + tau*log|A|)."""
+    entropy, kl = entropy_and_kl(logits)
+    return -tau * kl if regularizer == "kl" else tau * entropy
+
+
+def n_step_advantages(
+    rewards: torch.Tensor,
+    bonuses: torch.Tensor,
+    values: torch.Tensor,
+    next_value: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    truncation_values: torch.Tensor,
+    gamma: float,
+    entropy_mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages Delta_t and value targets Vhat_t = V(s_t) + Delta_t of one rollout (eqs. 52-54).
+
+    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or
+    +tau*H_t, from `reward_bonus`), V(s_t), the transition's end flags and, where it was
+    truncated by the time limit, V of the state it was cut at; `next_value` (N,) is V(s_T)
+    after the rollout. Step t's return looks ahead to the rollout's end (T - t steps, the
+    A2C n-step return):
+
+        naive  (eq. 79): Vhat_t = r_t            + gamma * Vhat_{t+1}
+        proper (eq. 80): Vhat_t = r_t + bonus_t  + gamma * Vhat_{t+1}     (Delta_t = sum_d gamma^d delta_{t+d}, eq. 52)
+
+    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops
+    the bootstrap; a truncation bootstraps from V of the state it cut at. The two modes
+    differ in the one line marked below and nowhere else.
+    """
+    step_rewards = rewards + bonuses if entropy_mode == "proper" else rewards  # <- naive vs proper
+    returns = torch.empty_like(rewards)
+    future = next_value
+    for t in reversed(range(rewards.shape[0])):
+        future = torch.where(truncated[t] & ~terminated[t], truncation_values[t], future)
+        future = step_rewards[t] + torch.where(terminated[t], 0.0, gamma * future)
+        returns[t] = future
+    return returns - values, returns
+
+
+def a2c_loss(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    actions: torch.Tensor,
+    advantages: torch.Tensor,
+    value_targets: torch.Tensor,
+    tau: float,
+    regularizer: str,
+    vf_coef: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = L_policy + c * L_value, averaged over the batch (eqs. 84-86):
+
+        L_policy = -log pi(a_t|s_t) * Delta_t + tau * KL[pi || pibar](s_t)    (or - tau * H(s_t): same gradient)
+        L_value  = 1/2 (V(s_t) - Vhat_t)^2
+
+    Delta_t and Vhat_t are constants (no gradient flows through the targets). Its gradient
+    in the policy parameters is minus the estimator of eq. 79 or 80 (whichever built Delta).
+    Returns the loss and its parts (detached) for logging.
+    """
+    log_pi = F.log_softmax(logits, dim=-1)
+    entropy, kl = entropy_and_kl(logits)
+    policy_loss = -(log_pi.gather(1, actions[:, None]).squeeze(1) * advantages.detach()).mean()
+    regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
+    value_loss = 0.5 * (values - value_targets.detach()).pow(2).mean()
+    loss = policy_loss + regularizer_loss + vf_coef * value_loss
+    parts = dict(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy.mean(), kl=kl.mean())
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def gscale(x: torch.Tensor, k: float) -> torch.Tensor:
+    """x in the forward pass, k * (its gradient) in the backward pass (Section 6.3's scaling)."""
+    return x.detach() + k * (x - x.detach())
+
+
+def soft_q_values(
+    logits: torch.Tensor, values: torch.Tensor, tau: float, value_scale: float = 1.0, advantage_scale: float = 1.0
+) -> torch.Tensor:
+    """Q(s,a) = V(s) + tau * log(pi(a|s) / pibar(a|s)) for every action, shape (N, |A|) (eq. 57 with
+    pi = pi_Q: the policy and value heads define a soft Q-function, a dueling network whose
+    advantage stream is tau log(pi/pibar)). The gradient into the value stream is scaled by
+    `value_scale`, into the advantage stream by `advantage_scale`; forward values are unchanged."""
+    log_ratio = F.log_softmax(logits, dim=-1) + math.log(logits.shape[-1])  # log(pi / pibar), pibar uniform
+    return gscale(values, value_scale)[:, None] + tau * gscale(log_ratio, advantage_scale)
+
+
+def soft_q_target(values: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, tau: float) -> torch.Tensor:
+    """The n-step soft Q target y_t = tau*KL_t + V(s_t) + Delta_t (Section 4; Delta_t the proper
+    mode's n-step advantage of eq. 52), held constant (no gradient, no target network)."""
+    return (tau * kl + values + advantages).detach()
+
+
+def soft_q_scales(tau: float, vf_coef: float, grad_scaling: bool) -> tuple[float, float]:
+    """(value-stream, advantage-stream) gradient scales: (c, 1/tau) with Section 6.3's scaling,
+    which turns E_a[grad L_QL] into the A2C gradient with value coefficient c; (1, 1) without,
+    where E_a[grad L_QL] = tau * (the A2C gradient with c = 1/tau) (eq. 65)."""
+    return (vf_coef, 1.0 / tau) if grad_scaling else (1.0, 1.0)
+
+
+def ql_loss(q_values: torch.Tensor, targets: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on sampled actions."""
+    return 0.5 * (q_values.gather(1, actions[:, None]).squeeze(1) - targets).pow(2).mean()
+
+
+def expected_losses(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    advantages: torch.Tensor,
+    value_targets: torch.Tensor,
+    tau: float,
+    regularizer: str,
+    vf_coef: float,
+    grad_scaling: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both updates' losses with the expectation over a_t ~ pi(.|s_t) taken exactly: a sum over
+    all actions weighted by pi(a|s_t) (held constant), with the same Delta_t for every action.
+
+    Returns (QL, PG): QL = E_a 1/2 (Q(s_t,a) - y_t)^2 with the scaled Q, and the A2C loss that
+    the theorem says it equals in gradient (eqs. 58-65): E_a[a2c_loss] with c = vf_coef under
+    Section 6.3's scaling, tau * E_a[a2c_loss with c = 1/tau] without it. The gradients of the
+    two agree to rounding; the per-action losses that training uses agree only in expectation.
+    """
+    pi = torch.softmax(logits, dim=-1).detach()
+    entropy, kl = entropy_and_kl(logits)
+    value_scale, advantage_scale = soft_q_scales(tau, vf_coef, grad_scaling)
+    q_values = soft_q_values(logits, values, tau, value_scale, advantage_scale)
+    targets = soft_q_target(values, advantages, kl, tau)
+    ql = 0.5 * (pi * (q_values - targets[:, None]).pow(2)).sum(dim=-1).mean()
+
+    def expected_a2c_loss(c: float) -> torch.Tensor:
+        policy = -((pi * F.log_softmax(logits, dim=-1)).sum(dim=-1) * advantages.detach()).mean()
+        regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
+        return policy + regularizer_loss + c * 0.5 * (values - value_targets.detach()).pow(2).mean()
+
+    pg = expected_a2c_loss(vf_coef) if grad_scaling else tau * expected_a2c_loss(1.0 / tau)
+    return ql, pg
+
+
+def gradient_agreement(loss_a: torch.Tensor, loss_b: torch.Tensor, params: list) -> tuple[float, float]:
+    """(cosine, ||g_a - g_b|| / ||g_b||) of the two losses' gradients in `params` (graphs kept),
+    reduced in float64: a float32 dot product over millions of entries is off by ~1e-4."""
+    g_a = torch.cat([g.flatten() for g in torch.autograd.grad(loss_a, params, retain_graph=True)]).double()
+    g_b = torch.cat([g.flatten() for g in torch.autograd.grad(loss_b, params, retain_graph=True)]).double()
+    cosine = torch.dot(g_a, g_b) / (g_a.norm() * g_b.norm())
+    rel_error = (g_a - g_b).norm() / g_b.norm()
+    return cosine.item(), rel_error.item()
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1).
+    Unlike torch.multinomial it does not raise on NaN logits, so a diverged network reaches the
+    loss check of the next update, which names the step."""
+    return (logits - torch.empty_like(logits).exponential_(generator=generator).log()).argmax(dim=-1)
+
+
+def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - Var(targets - predictions) / Var(targets): 1 is perfect, 0 no better than a constant."""
+    var = targets.var()
+    return torch.where(var > 0, 1 - (targets - predictions).var() / var, torch.full_like(var, float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress, video, evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One status line (steps, SPS, recent game return, ETA): redrawn in place on a terminal,
+    printed as a plain line every 30 s when output goes to a file. SPS and ETA use the last
+    30 s window, not the run's average (a run's speed changes: DQN's warm-up is ~8x faster
+    than its training)."""
+
+    def __init__(self, total: int):
+        self.total, self.tty = total, sys.stderr.isatty()
+        self.start = self.window_time = time.time()
+        self.window_step, self.window_sps = 0, None
+        self.last_draw, self.returns = 0.0, []
+
+    def update(self, step: int, force: bool = False):
+        now = time.time()
+        if now - self.window_time >= 30.0:
+            self.window_sps = (step - self.window_step) / (now - self.window_time)
+            self.window_time, self.window_step = now, step
+        if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
+            return
+        self.last_draw = now
+        sps = self.window_sps if self.window_sps is not None else step / max(now - self.start, 1e-9)
+        eta = int((self.total - step) / max(sps, 1e-9))
+        ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
+        filled = int(20 * step / self.total)
+        line = (
+            f"[{'#' * filled}{'.' * (20 - filled)}] {step:,}/{self.total:,} steps | {sps:,.0f} SPS | "
+            f"return(last 20) {ret} | ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self, step: int):
+        self.update(step, force=True)
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def save_gif(frames: list, path: str, fps: int = 15):
+    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    if game_index < 1000:
+        return round(game_index ** (1 / 3)) ** 3 == game_index
+    return game_index % 1000 == 0
+
+
+def evaluate(
+    model_path: str,
+    env_id: str,
+    eval_episodes: int,
+    num_envs: int,
+    device: torch.device,
+    seed: int = 0,
+    video_path: Optional[str] = None,
+) -> list[float]:
+    """Play `eval_episodes` full games (all lives) sampling from the policy; return their raw
+    scores. Each env plays a fixed quota of games, so short games are not over-represented."""
+    num_envs = min(num_envs, eval_episodes)
+    envs = make_env(env_id, num_envs, life_loss_terminal=False)
+    agent = ActorCritic(envs.single_action_space.n).to(device)
+    agent.load_state_dict(torch.load(model_path, map_location=device))
+    agent.eval()
+    generator = torch.Generator(device).manual_seed(seed)
+    quota = np.array([eval_episodes // num_envs + (e < eval_episodes % num_envs) for e in range(num_envs)])
+    returns: list[list[float]] = [[] for _ in range(num_envs)]
+    running = np.zeros(num_envs)
+    frames = []
+    obs, _ = envs.reset(seed=seed)
+    while any(len(r) < q for r, q in zip(returns, quota)):
+        with torch.inference_mode():
+            logits, _ = agent(torch.from_numpy(obs).to(device))
+            actions = sample_actions(logits, generator).cpu().numpy()
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path and frames:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    batch_size = args.num_envs * args.num_steps
+    num_iterations = args.total_timesteps // batch_size
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    generator = torch.Generator(device).manual_seed(args.seed)  # action sampling
+
+    envs = make_env(args.env_id, args.num_envs)
+    agent = ActorCritic(envs.single_action_space.n).to(device)
+    optimizer = RMSpropTF(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
+
+    # The rollout's small arrays stay on the host and move to the device once per update.
+    T, N = args.num_steps, args.num_envs
+    rewards_buf = np.zeros((T, N), dtype=np.float32)
+    terminated_buf = np.zeros((T, N), dtype=bool)
+    truncated_buf = np.zeros((T, N), dtype=bool)
+    truncation_values_buf = np.zeros((T, N), dtype=np.float32)
+
+    obs, info = envs.reset(seed=args.seed)
+    game_return = np.zeros(N)
+    game_length = np.zeros(N, dtype=np.int64)
+    games_env0, video_frames = 0, []
+    progress = Progress(num_iterations * batch_size)
+    start_time = time.time()
+    global_step = 0
+    for iteration in range(1, num_iterations + 1):
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
+        truncation_values_buf[:] = 0.0
+
+        # Acting keeps its autograd graph: the parameters do not change during a rollout, so
+        # backpropagating through the acting forward passes gives the same gradient as a second
+        # forward pass over the rollout would, without that pass (1,238 -> ~1,340 steps/s on
+        # 2 CPU cores).
+        rollout_logits, rollout_values, rollout_actions = [], [], []
+        for t in range(T):
+            logits, value = agent(torch.from_numpy(obs).to(device))
+            with torch.no_grad():
+                action = sample_actions(logits, generator)
+            rollout_logits.append(logits)
+            rollout_values.append(value)
+            rollout_actions.append(action)
+            if args.capture_video and video_schedule(games_env0):
+                video_frames.append(obs[0, -1].copy())
+            prev_info = info
+            obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            restarted = game_restarted(terminated, truncated, info, prev_info)
+            rewards_buf[t] = np.clip(reward, -1, 1)
+            terminated_buf[t], truncated_buf[t] = terminated, truncated
+            cut = np.flatnonzero(truncated & ~terminated)
+            if len(cut):  # the time limit: bootstrap from the state the game was cut at
+                with torch.no_grad():
+                    _, cut_values = agent(torch.from_numpy(info["final_obs"][cut]).to(device))
+                truncation_values_buf[t, cut] = cut_values.cpu().numpy()
+            game_return += reward
+            game_length += 1
+            for e in np.flatnonzero(restarted):
+                writer.add_scalar("charts/episodic_return", game_return[e], global_step)
+                writer.add_scalar("charts/episodic_length", game_length[e], global_step)
+                progress.returns.append(game_return[e])
+                if e == 0:
+                    if video_frames:
+                        save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
+                        video_frames = []
+                    games_env0 += 1
+                game_return[e], game_length[e] = 0.0, 0
+            global_step += N
+
+        with torch.no_grad():
+            _, next_value = agent(torch.from_numpy(obs).to(device))  # V(s_T), with the rollout's parameters
+        logits, values = torch.stack(rollout_logits), torch.stack(rollout_values)  # (T, N, |A|), (T, N)
+        advantages, value_targets = n_step_advantages(
+            torch.from_numpy(rewards_buf).to(device),
+            reward_bonus(logits.detach(), args.tau, args.regularizer),
+            values.detach(),
+            next_value,
+            torch.from_numpy(terminated_buf).to(device),
+            torch.from_numpy(truncated_buf).to(device),
+            torch.from_numpy(truncation_values_buf).to(device),
+            args.gamma,
+            "proper",
+        )
+        logits, values, actions = logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions)
+        advantages, value_targets = advantages.flatten(), value_targets.flatten()
+        pg_loss, parts = a2c_loss(logits, values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef)
+        check_now = args.equiv_check_every > 0 and iteration % args.equiv_check_every == 0
+        if args.tau > 0:  # the soft Q-learning loss on this batch (logged for both updates)
+            q_values = soft_q_values(logits, values, args.tau, *soft_q_scales(args.tau, args.vf_coef, args.grad_scaling))
+            q_loss = ql_loss(q_values, soft_q_target(values, advantages, entropy_and_kl(logits)[1], args.tau), actions)
+            parts["q_loss"] = q_loss.detach()
+        loss = q_loss if args.update == "ql" else pg_loss
+        if not torch.isfinite(loss):
+            progress.close(global_step)
+            bad = [f"losses/{k} ({v.item()})" for k, v in parts.items() if not torch.isfinite(v)] or [f"loss ({loss.item()})"]
+            sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} at global_step {global_step}, update {iteration}")
+        if check_now:  # on this batch, before the update: the theorem (exact expectation), then the samples
+            params = list(agent.parameters())
+            ql_expected, pg_expected = expected_losses(
+                logits, values, advantages, value_targets, args.tau, args.regularizer, args.vf_coef, args.grad_scaling
+            )
+            pg_sampled = pg_loss if args.grad_scaling else args.tau * a2c_loss(
+                logits, values, actions, advantages, value_targets, args.tau, args.regularizer, 1.0 / args.tau
+            )[0]  # fmt: skip
+            cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
+            writer.add_scalar("equiv/cosine_expected", cosine, global_step)
+            writer.add_scalar("equiv/rel_error_expected", rel_error, global_step)
+            writer.add_scalar("equiv/cosine_sampled", gradient_agreement(q_loss, pg_sampled, params)[0], global_step)
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+        optimizer.step()
+
+        if iteration % args.log_interval == 0 or iteration == num_iterations:
+            for key, value in parts.items():
+                writer.add_scalar(f"losses/{key}", value.item(), global_step)
+            writer.add_scalar(
+                "losses/explained_variance", explained_variance(values.detach(), value_targets).item(), global_step
+            )
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+        progress.update(global_step)
+    progress.close(global_step)
+    envs.close()
+
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        torch.save(agent.state_dict(), model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(
+            model_path,
+            args.env_id,
+            eval_episodes=args.eval_episodes,
+            num_envs=args.num_envs,
+            device=device,
+            seed=args.seed + 1,
+            video_path=f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None,
+        )
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        print(f"eval: mean episodic return {np.mean(episodic_returns):.2f} over {len(episodic_returns)} games")
+
+    writer.close()
+    if args.track:
+        wandb.finish()
