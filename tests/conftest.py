@@ -48,3 +48,20 @@ def only_run_dir(cwd: Path) -> Path:
     dirs = [p.parent for p in (cwd / "runs").rglob("events.out.tfevents.*")]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def scalars_of_runs(tmp_path_factory, script: str, common: list[str], runs: dict[str, list[str]]) -> dict[str, dict]:
+    """Run `script` once per entry of `runs` (the `common` arguments, then the entry's), each in
+    its own directory; return each run's logged scalars by name."""
+    logs = {}
+    for name, extra in runs.items():
+        cwd = tmp_path_factory.mktemp(name)
+        proc = run_in(cwd, script, *common, *extra)
+        assert proc.returncode == 0, proc.stderr
+        logs[name] = read_scalars(only_run_dir(cwd))
+    return logs
+
+
+def without_sps(scalars: dict) -> dict:
+    """Logged scalars minus the wall-clock-dependent `charts/SPS`: what a fixed seed must repeat."""
+    return {tag: values for tag, values in scalars.items() if tag != "charts/SPS"}

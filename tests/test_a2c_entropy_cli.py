@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, only_run_dir, read_scalars, run_in
+from conftest import ROOT, only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
 
 # 4 envs x 5 steps = 20 agent steps per update, 100 updates, losses logged every 25 (~5 s).
 SMOKE = "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25".split()
@@ -36,14 +36,8 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict[str, dict]:
-    """The scalars each run of RUNS logged (same seed), without the wall-clock-based SPS."""
-    logs = {}
-    for name, extra in RUNS.items():
-        cwd = tmp_path_factory.mktemp(name)
-        proc = run_in(cwd, "a2c_entropy.py", *SMOKE, *extra)
-        assert proc.returncode == 0, proc.stderr
-        logs[name] = read_scalars(only_run_dir(cwd))
-    return logs
+    """The scalars each run of RUNS logged (same seed)."""
+    return scalars_of_runs(tmp_path_factory, "a2c_entropy.py", SMOKE, RUNS)
 
 
 @pytest.mark.parametrize("name", RUNS)
@@ -60,10 +54,6 @@ def test_smoke_run_logs_finite_losses(smoke, name):
     assert lrs == pytest.approx([7e-4 * (1 - (i - 1) / 100) for i in (25, 50, 75, 100)])
     # real games (all 5 lives): a random Breakout game lasts far longer than one life
     assert scalars["charts/episodic_length"] and all(length > 100 for _, length in scalars["charts/episodic_length"])
-
-
-def without_sps(scalars: dict) -> dict:
-    return {tag: values for tag, values in scalars.items() if tag != "charts/SPS"}
 
 
 def test_the_mode_reaches_the_update(smoke):
@@ -120,36 +110,3 @@ def test_save_model_then_evaluate(run_script, tmp_path):
     assert [step for step, _ in evals] == [0, 1, 2] and all(ret >= 0 for _, ret in evals)
     gifs = sorted(p.name for p in (tmp_path / "videos").rglob("*.gif"))
     assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
-        (["--tau", "-0.01"], "--tau must be a finite number >= 0"),
-        (["--tau", "inf"], "--tau must be a finite number >= 0"),
-        (["--num-steps", "0"], "--num-steps must be >= 1"),
-        (["--num-envs", "0"], "--num-envs must be >= 1"),
-        (["--total-timesteps", "50"], "--total-timesteps 50 is less than one rollout (num-envs * num-steps = 80)"),
-        (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
-        (["--learning-rate", "0"], "--learning-rate must be a finite number > 0"),
-        (["--vf-coef", "-1"], "--vf-coef must be a finite number >= 0"),
-        (["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
-        (["--entropy-mode", "foo"], "invalid choice 'foo' for argument '--entropy-mode'"),
-        (["--regularizer", "l2"], "invalid choice 'l2' for argument '--regularizer'"),
-        (["--num-steps", "five"], "Error parsing --num-steps"),
-        (["--seed", "-1"], "--seed must be in [0, 2**32)"),
-        (["--rmsprop-eps", "inf"], "--rmsprop-eps must be a finite number > 0"),
-    ],
-)
-def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, args, message):
-    proc = run_script("a2c_entropy.py", *args)
-    assert proc.returncode != 0
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
-    assert not (tmp_path / "runs").exists()  # stopped before anything was built
-
-
-def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script):
-    proc = run_script("a2c_entropy.py", *SMOKE, "--learning-rate", "1e30")
-    assert proc.returncode != 0
-    assert "non-finite losses/" in proc.stderr and "at global_step" in proc.stderr, proc.stderr

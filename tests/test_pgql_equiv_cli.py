@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from conftest import only_run_dir, read_scalars, run_in
+from conftest import only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
 
 # 4 envs x 5 steps = 20 agent steps per update, 100 updates, losses logged every 25 and the
 # equivalence checked every 20 updates (~6 s).
@@ -34,13 +34,8 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict[str, dict]:
-    logs = {}
-    for name, extra in RUNS.items():
-        cwd = tmp_path_factory.mktemp(name)
-        proc = run_in(cwd, "pgql_equiv.py", *SMOKE, *extra)
-        assert proc.returncode == 0, proc.stderr
-        logs[name] = read_scalars(only_run_dir(cwd))
-    return logs
+    """The scalars each run of RUNS logged (same seed)."""
+    return scalars_of_runs(tmp_path_factory, "pgql_equiv.py", SMOKE, RUNS)
 
 
 @pytest.mark.parametrize("name", RUNS)
@@ -54,10 +49,6 @@ def test_smoke_run_logs_the_equivalence(smoke, name):
     assert all(c > 1 - 1e-6 for _, c in scalars["equiv/cosine_expected"]), scalars["equiv/cosine_expected"]
     assert all(e < 1e-3 for _, e in scalars["equiv/rel_error_expected"]), scalars["equiv/rel_error_expected"]
     assert all(-1 <= c <= 1 + 1e-9 for _, c in scalars["equiv/cosine_sampled"])
-
-
-def without_sps(scalars: dict) -> dict:
-    return {tag: values for tag, values in scalars.items() if tag != "charts/SPS"}
 
 
 def test_the_update_reaches_the_optimizer(smoke):
@@ -78,28 +69,3 @@ def test_plain_a2c_with_tau_zero(run_script, tmp_path):
     assert proc.returncode == 0, proc.stderr
     scalars = read_scalars(only_run_dir(tmp_path))
     assert "losses/policy_loss" in scalars and not any(tag.startswith("equiv/") or tag == "losses/q_loss" for tag in scalars)
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--update", "ql", "--tau", "0"], "--tau 0 has no soft Q-function"),
-        (["--tau", "0"], "for plain A2C pass --equiv-check-every 0"),
-        (["--tau", "-1"], "--tau must be a finite number >= 0"),
-        (["--equiv-check-every", "-1"], "--equiv-check-every must be >= 0"),
-        (["--update", "sarsa"], "invalid choice 'sarsa' for argument '--update'"),
-        (["--num-steps", "0"], "--num-steps must be >= 1"),
-        (["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
-    ],
-)
-def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, args, message):
-    proc = run_script("pgql_equiv.py", *args)
-    assert proc.returncode != 0
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
-    assert not (tmp_path / "runs").exists()
-
-
-def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script):
-    proc = run_script("pgql_equiv.py", *SMOKE, "--update", "ql", "--learning-rate", "1e30")
-    assert proc.returncode != 0
-    assert "non-finite losses/" in proc.stderr and "at global_step" in proc.stderr, proc.stderr

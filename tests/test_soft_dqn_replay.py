@@ -88,7 +88,7 @@ def test_next_step_autoreset_for_contrast():
     obs, info = envs.reset(seed=0)
     rng, seen_life_loss, seen_reset = np.random.default_rng(0), 0, 0
     for _ in range(1500):
-        prev_obs, prev_info = obs, info
+        prev_info = info
         obs, reward, terminated, truncated, info = envs.step(rng.integers(0, 4, 1))
         if terminated[0] or truncated[0]:
             game_over = prev_info["lives"][0] == 1 and info["lives"][0] == 0

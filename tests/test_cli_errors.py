@@ -1,0 +1,71 @@
+"""What every script does with input it cannot run: bad options stop with one line on stderr
+and a non-zero exit before anything is built; a loss that turns non-finite stops the run
+with a message naming the loss, the step and the update."""
+
+import pytest
+
+from test_a2c_entropy_cli import SMOKE as A2C_SMOKE
+from test_pgql_equiv_cli import SMOKE as PGQL_SMOKE
+from test_soft_dqn_cli import SMOKE as DQN_SMOKE
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("soft_dqn.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
+        ("soft_dqn.py", ["--tau", "-0.1"], "--tau must be a finite number >= 0"),
+        ("soft_dqn.py", ["--n-step", "0"], "--n-step must be >= 1"),
+        ("soft_dqn.py", ["--batch-size", "64", "--buffer-size", "32"], "--batch-size 64 is larger than --buffer-size 32"),
+        ("soft_dqn.py", ["--learning-starts", "16"], "--learning-starts 16 is below --batch-size 32"),
+        ("soft_dqn.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
+        ("soft_dqn.py", ["--buffer-size", "40", "--batch-size", "8", "--num-envs", "8"], "slots per env"),
+        ("soft_dqn.py", ["--learning-rate", "nan"], "--learning-rate must be a finite number > 0"),
+        ("soft_dqn.py", ["--end-e", "2"], "need 0 <= --end-e <= --start-e <= 1"),
+        ("soft_dqn.py", ["--tau", "abc"], "Error parsing --tau: could not convert string to float: 'abc'"),
+        ("soft_dqn.py", ["--regularizer", "foo"], "invalid choice 'foo' for argument '--regularizer'"),
+        ("soft_dqn.py", ["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
+        ("soft_dqn.py", ["--seed", "-1"], "--seed must be in [0, 2**32)"),
+        ("a2c_entropy.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
+        ("a2c_entropy.py", ["--tau", "-0.01"], "--tau must be a finite number >= 0"),
+        ("a2c_entropy.py", ["--tau", "inf"], "--tau must be a finite number >= 0"),
+        ("a2c_entropy.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
+        ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
+        ("a2c_entropy.py", ["--total-timesteps", "50"], "--total-timesteps 50 is less than one rollout (num-envs * num-steps = 80)"),
+        ("a2c_entropy.py", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+        ("a2c_entropy.py", ["--learning-rate", "0"], "--learning-rate must be a finite number > 0"),
+        ("a2c_entropy.py", ["--vf-coef", "-1"], "--vf-coef must be a finite number >= 0"),
+        ("a2c_entropy.py", ["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
+        ("a2c_entropy.py", ["--entropy-mode", "foo"], "invalid choice 'foo' for argument '--entropy-mode'"),
+        ("a2c_entropy.py", ["--regularizer", "l2"], "invalid choice 'l2' for argument '--regularizer'"),
+        ("a2c_entropy.py", ["--num-steps", "five"], "Error parsing --num-steps"),
+        ("a2c_entropy.py", ["--seed", "-1"], "--seed must be in [0, 2**32)"),
+        ("a2c_entropy.py", ["--rmsprop-eps", "inf"], "--rmsprop-eps must be a finite number > 0"),
+        ("pgql_equiv.py", ["--update", "ql", "--tau", "0"], "--tau 0 has no soft Q-function"),
+        ("pgql_equiv.py", ["--tau", "0"], "for plain A2C pass --equiv-check-every 0"),
+        ("pgql_equiv.py", ["--tau", "-1"], "--tau must be a finite number >= 0"),
+        ("pgql_equiv.py", ["--equiv-check-every", "-1"], "--equiv-check-every must be >= 0"),
+        ("pgql_equiv.py", ["--update", "sarsa"], "invalid choice 'sarsa' for argument '--update'"),
+        ("pgql_equiv.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
+        ("pgql_equiv.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
+    ],
+)
+def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, script, args, message):
+    proc = run_script(script, *args)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before anything was built
+
+
+@pytest.mark.parametrize(
+    "script, args, loss",
+    [
+        ("soft_dqn.py", DQN_SMOKE, "losses/td_loss"),
+        ("a2c_entropy.py", A2C_SMOKE, "losses/policy_loss"),
+        ("pgql_equiv.py", [*PGQL_SMOKE, "--update", "ql"], "losses/q_loss"),
+    ],
+)
+def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script, script, args, loss):
+    proc = run_script(script, *args, "--learning-rate", "1e30")
+    assert proc.returncode != 0
+    assert f"non-finite {loss}" in proc.stderr or f", {loss} (" in proc.stderr, proc.stderr
+    assert "at global_step" in proc.stderr and ", update " in proc.stderr, proc.stderr
