@@ -99,14 +99,3 @@ def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path):
     lengths = [length for _, length in read_scalars(only_run_dir(tmp_path))["charts/episodic_length"]]
     assert len(lengths) >= 15 and max(lengths) <= 100
     assert result["global_step"] == 2000
-
-
-def test_save_model_then_evaluate(run_script, tmp_path):
-    proc = run_script("a2c_entropy.py", *SMOKE, "--save-model", "--eval-episodes", "3", "--capture-video")
-    assert proc.returncode == 0, proc.stderr
-    run_dir = only_run_dir(tmp_path)
-    assert (run_dir / "a2c_entropy.cleanrl_model").exists()
-    evals = read_scalars(run_dir)["eval/episodic_return"]
-    assert [step for step, _ in evals] == [0, 1, 2] and all(ret >= 0 for _, ret in evals)
-    gifs = sorted(p.name for p in (tmp_path / "videos").rglob("*.gif"))
-    assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs

@@ -72,18 +72,6 @@ def test_same_seed_gives_identical_logs(run_script, tmp_path):
     assert len(logs[0]["losses/td_loss"]) == 2
 
 
-def test_save_model_then_evaluate(run_script, tmp_path):
-    proc = run_script("soft_dqn.py", *SMOKE, "--save-model", "--eval-episodes", "3", "--capture-video")
-    assert proc.returncode == 0, proc.stderr
-    run_dir = only_run_dir(tmp_path)
-    assert (run_dir / "soft_dqn.cleanrl_model").exists()
-    evals = read_scalars(run_dir)["eval/episodic_return"]
-    assert [step for step, _ in evals] == [0, 1, 2]
-    assert all(ret >= 0 for _, ret in evals)
-    gifs = sorted(p.name for p in (tmp_path / "videos").rglob("*.gif"))
-    assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs
-
-
 def test_track_with_wandb_offline(run_script, tmp_path):
     proc = run_script("soft_dqn.py", *SMOKE, "--track", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr

@@ -1,8 +1,10 @@
-"""What every script does with input it cannot run: bad options stop with one line on stderr
-and a non-zero exit before anything is built; a loss that turns non-finite stops the run
-with a message naming the loss, the step and the update."""
+"""What every script does the same way: bad options stop with one line on stderr and a
+non-zero exit before anything is built; a loss that turns non-finite stops the run with a
+message naming the loss, the step and the update; --save-model saves, then evaluates."""
 
 import pytest
+
+from conftest import only_run_dir, read_scalars
 
 from test_a2c_entropy_cli import SMOKE as A2C_SMOKE
 from test_pgql_equiv_cli import SMOKE as PGQL_SMOKE
@@ -69,3 +71,17 @@ def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script, script, 
     assert proc.returncode != 0
     assert f"non-finite {loss}" in proc.stderr or f", {loss} (" in proc.stderr, proc.stderr
     assert "at global_step" in proc.stderr and ", update " in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "script, args", [("soft_dqn.py", DQN_SMOKE), ("a2c_entropy.py", A2C_SMOKE), ("pgql_equiv.py", PGQL_SMOKE)]
+)
+def test_save_model_then_evaluate(run_script, tmp_path, script, args):
+    proc = run_script(script, *args, "--save-model", "--eval-episodes", "3", "--capture-video")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / script.replace(".py", ".cleanrl_model")).exists()
+    evals = read_scalars(run_dir)["eval/episodic_return"]
+    assert [step for step, _ in evals] == [0, 1, 2] and all(ret >= 0 for _, ret in evals)
+    gifs = sorted(p.name for p in (tmp_path / "videos").rglob("*.gif"))
+    assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs
