@@ -1,6 +1,6 @@
 """a2c_entropy.py run as a user runs it: both modes x both regularizers on a tiny budget, the
 logged tags and learning-rate schedule, that the mode reaches the update, determinism, the
-time-limit bootstrap, --save-model evaluation, bad input."""
+time-limit bootstrap (bad input and --save-model: test_cli_common.py)."""
 
 import math
 import runpy

@@ -1,5 +1,5 @@
 """pgql_equiv.py run as a user runs it: both updates (and raw soft-Q) on a tiny budget, the
-logged equivalence check, determinism, bad input."""
+logged equivalence check, determinism (bad input and --save-model: test_cli_common.py)."""
 
 import math
 

@@ -1,5 +1,6 @@
 """soft_dqn.py run as a user runs it: every backup x {1, 5}-step on a tiny budget, the
-logged tags, determinism, --save-model evaluation, and bad input."""
+logged tags, determinism, unclipped scores, wandb (bad input and --save-model:
+test_cli_common.py)."""
 
 import math
 
