@@ -77,13 +77,16 @@ print(json.dumps(marks))
 
 
 def timed(cmd: list[str], cwd: str) -> tuple[str, int]:
-    """Run `cmd`, return its stdout and peak RSS in bytes."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read(), proc.stderr.read()
+    """Run `cmd`, return its stdout and peak RSS in bytes. Output goes to files, not pipes: a
+    child that fills a pipe while we wait in wait4 (for its rusage) would never exit."""
+    with open(os.path.join(cwd, "stdout"), "w+") as out, open(os.path.join(cwd, "stderr"), "w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return out, usage.ru_maxrss * 1024
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+    return stdout, usage.ru_maxrss * 1024
 
 
 def steady_sps(marks: list[tuple[float, int]]) -> float:
