@@ -2,11 +2,16 @@
 non-zero exit before anything is built; a loss that turns non-finite stops the run with a
 message naming the loss, the step and the update; --save-model saves, then evaluates."""
 
+import runpy
+import sys
+
+import numpy as np
 import pytest
 
-from conftest import only_run_dir, read_scalars
+from conftest import ROOT, only_run_dir, read_scalars
 
 from test_a2c_entropy_cli import SMOKE as A2C_SMOKE
+from test_natural_pg_damped_cli import SMOKE as NPG_SMOKE
 from test_pgql_equiv_cli import SMOKE as PGQL_SMOKE
 from test_soft_dqn_cli import SMOKE as DQN_SMOKE
 
@@ -49,6 +54,18 @@ from test_soft_dqn_cli import SMOKE as DQN_SMOKE
         ("pgql_equiv.py", ["--update", "sarsa"], "invalid choice 'sarsa' for argument '--update'"),
         ("pgql_equiv.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
         ("pgql_equiv.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
+        ("natural_pg_damped.py", ["--eps", "0"], "--eps must be in (0, 1]"),
+        ("natural_pg_damped.py", ["--eps", "1.5"], "--eps must be in (0, 1]"),
+        ("natural_pg_damped.py", ["--tau", "0"], "--tau must be a finite number > 0"),
+        ("natural_pg_damped.py", ["--cg-iters", "0"], "--cg-iters must be >= 1"),
+        ("natural_pg_damped.py", ["--cg-damping", "-1"], "--cg-damping must be a finite number >= 0"),
+        ("natural_pg_damped.py", ["--max-kl", "0"], "--max-kl must be a finite number > 0"),
+        ("natural_pg_damped.py", ["--policy-epochs", "0"], "--policy-epochs must be >= 1"),
+        ("natural_pg_damped.py", ["--value-lr", "-1"], "--value-lr must be a finite number > 0"),
+        ("natural_pg_damped.py", ["--num-minibatches", "400"], "--num-minibatches must be in [1, num-envs * num-steps = 320]"),
+        ("natural_pg_damped.py", ["--solver", "trpo"], "invalid choice 'trpo' for argument '--solver'"),
+        ("natural_pg_damped.py", ["--fisher", "diagonal"], "invalid choice 'diagonal' for argument '--fisher'"),
+        ("natural_pg_damped.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, script, args, message):
@@ -61,20 +78,23 @@ def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, script, args, mes
 @pytest.mark.parametrize(
     "script, args, loss",
     [
-        ("soft_dqn.py", DQN_SMOKE, "losses/td_loss"),
-        ("a2c_entropy.py", A2C_SMOKE, "losses/policy_loss"),
-        ("pgql_equiv.py", [*PGQL_SMOKE, "--update", "ql"], "losses/q_loss"),
+        ("soft_dqn.py", [*DQN_SMOKE, "--learning-rate", "1e30"], "losses/td_loss"),
+        ("a2c_entropy.py", [*A2C_SMOKE, "--learning-rate", "1e30"], "losses/policy_loss"),
+        ("pgql_equiv.py", [*PGQL_SMOKE, "--update", "ql", "--learning-rate", "1e30"], "losses/q_loss"),
+        ("natural_pg_damped.py", [*NPG_SMOKE, "--value-lr", "1e30"], "losses/value_loss"),
+        ("natural_pg_damped.py", [*NPG_SMOKE, "--policy-lr", "1e30", "--max-kl", "None"], "losses/damped_q_loss"),
     ],
 )
 def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script, script, args, loss):
-    proc = run_script(script, *args, "--learning-rate", "1e30")
+    proc = run_script(script, *args)
     assert proc.returncode != 0
     assert f"non-finite {loss}" in proc.stderr or f", {loss} (" in proc.stderr, proc.stderr
     assert "at global_step" in proc.stderr and ", update " in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(
-    "script, args", [("soft_dqn.py", DQN_SMOKE), ("a2c_entropy.py", A2C_SMOKE), ("pgql_equiv.py", PGQL_SMOKE)]
+    "script, args",
+    [("soft_dqn.py", DQN_SMOKE), ("a2c_entropy.py", A2C_SMOKE), ("pgql_equiv.py", PGQL_SMOKE), ("natural_pg_damped.py", NPG_SMOKE)],
 )
 def test_save_model_then_evaluate(run_script, tmp_path, script, args):
     proc = run_script(script, *args, "--save-model", "--eval-episodes", "3", "--capture-video")
@@ -85,3 +105,32 @@ def test_save_model_then_evaluate(run_script, tmp_path, script, args):
     assert [step for step, _ in evals] == [0, 1, 2] and all(ret >= 0 for _, ret in evals)
     gifs = sorted(p.name for p in (tmp_path / "videos").rglob("*.gif"))
     assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs
+
+
+@pytest.mark.parametrize("script, args", [("a2c_entropy.py", A2C_SMOKE), ("natural_pg_damped.py", NPG_SMOKE)])
+def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path, script, args):
+    """The 108,000-frame limit is never reached in a smoke run: run the script in-process
+    with a 400-frame limit (100 agent steps), so most games end by truncation."""
+    import ale_py.vector_env
+
+    truncations = []
+
+    class Limited(ale_py.vector_env.AtariVectorEnv):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "max_num_frames_per_episode": 400})
+
+        def step(self, actions):
+            out = super().step(actions)
+            truncations.append(out[3] & ~out[2])
+            return out
+
+    monkeypatch.setattr(ale_py.vector_env, "AtariVectorEnv", Limited)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    result = runpy.run_path(str(ROOT / script), run_name="__main__")
+    total = int(args[args.index("--total-timesteps") + 1])
+    games = 4 * (total // 4 // 100)  # 4 envs, 100 steps a game at most
+    assert np.sum(truncations) >= 0.75 * games
+    lengths = [length for _, length in read_scalars(only_run_dir(tmp_path))["charts/episodic_length"]]
+    assert len(lengths) >= 0.75 * games and max(lengths) <= 100
+    assert result["global_step"] == total

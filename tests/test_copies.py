@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 import a2c_entropy
+import natural_pg_damped
 import pgql_equiv
 import soft_dqn
 
@@ -26,8 +27,11 @@ A2C = [
     "explained_variance",
     "evaluate",
 ]
-PAIRS = [(soft_dqn, m, name) for m in (a2c_entropy, pgql_equiv) for name in ENV_AND_CLI]
+# what natural_pg_damped.py (separate policy and value networks, no A2C loss) shares with A2C
+NPG = ["layer_init", "entropy_and_kl", "reward_bonus", "n_step_advantages", "sample_actions", "explained_variance"]
+PAIRS = [(soft_dqn, m, name) for m in (a2c_entropy, pgql_equiv, natural_pg_damped) for name in ENV_AND_CLI]
 PAIRS += [(a2c_entropy, pgql_equiv, name) for name in A2C]
+PAIRS += [(a2c_entropy, natural_pg_damped, name) for name in NPG]
 
 
 @pytest.mark.parametrize("original, copy, name", PAIRS, ids=lambda x: getattr(x, "__name__", x))

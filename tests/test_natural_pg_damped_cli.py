@@ -1,0 +1,100 @@
+"""natural_pg_damped.py run as a user runs it: both solvers and both Fisher forms on a tiny
+budget, the logged npg/* diagnostics, the trust region, determinism (bad input, non-finite
+losses, --save-model and the time-limit bootstrap: test_cli_common.py)."""
+
+import math
+
+import pytest
+
+from conftest import only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
+
+# 4 envs x 8 steps = 32 agent steps per iteration, 32 iterations (~5 s a run).
+SMOKE = "--num-envs 4 --num-steps 8 --total-timesteps 1024 --cg-iters 4 --policy-epochs 2 --value-epochs 2 --num-minibatches 2".split()
+TAGS = {
+    "charts/episodic_return",
+    "charts/episodic_length",
+    "charts/SPS",
+    "losses/damped_q_loss",
+    "losses/npg_residual",
+    "losses/value_loss",
+    "losses/entropy",
+    "losses/explained_variance",
+    "npg/kl_old_new",
+    "npg/cosine_step",
+    "npg/cosine_step_fisher",
+    "npg/step_norm_ratio",
+    "npg/step_fraction",
+    "npg/cg_residual",
+}
+RUNS = {
+    "damped-q": ["--solver", "damped-q"],
+    "damped-q-exact": ["--solver", "damped-q", "--fisher", "exact"],
+    "npg": ["--solver", "npg"],
+    "npg-exact": ["--solver", "npg", "--fisher", "exact"],
+    "npg-no-trust-region": ["--solver", "npg", "--max-kl", "None", "--eps", "0.001"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict[str, dict]:
+    """The scalars each run of RUNS logged (same seed)."""
+    return scalars_of_runs(tmp_path_factory, "natural_pg_damped.py", SMOKE, RUNS)
+
+
+def values(scalars: dict, tag: str) -> list[float]:
+    return [v for _, v in scalars[tag]]
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_smoke_run_logs_every_iteration(smoke, name):
+    scalars = smoke[name]
+    assert TAGS <= set(scalars), TAGS - set(scalars)
+    assert [step for step, _ in scalars["npg/kl_old_new"]] == list(range(32, 1025, 32))
+    for tag in TAGS - {"charts/episodic_return", "charts/episodic_length"}:
+        assert all(math.isfinite(v) for v in values(scalars, tag)), tag
+    assert all(-1 - 1e-6 <= c <= 1 + 1e-6 for c in values(scalars, "npg/cosine_step") + values(scalars, "npg/cosine_step_fisher"))
+    assert all(k >= 0 for k in values(scalars, "npg/kl_old_new"))
+
+
+@pytest.mark.parametrize("name", ["damped-q", "damped-q-exact", "npg", "npg-exact"])
+def test_trust_region_holds_the_kl(smoke, name):
+    """--max-kl 0.01 (the default): every step's KL on its batch is within it."""
+    assert all(k <= 0.01 * (1 + 1e-4) for k in values(smoke[name], "npg/kl_old_new")), values(smoke[name], "npg/kl_old_new")
+
+
+@pytest.mark.parametrize("name", ["npg", "npg-exact", "npg-no-trust-region"])
+def test_npg_takes_the_cg_step_scaled_by_the_trust_region(smoke, name):
+    """npg's step is the CG natural step times the trust region's fraction: cosine 1 in both
+    metrics, length ratio = the fraction (1 without a trust region)."""
+    scalars = smoke[name]
+    assert all(c == pytest.approx(1.0, abs=1e-3) for c in values(scalars, "npg/cosine_step"))
+    assert all(c == pytest.approx(1.0, abs=1e-3) for c in values(scalars, "npg/cosine_step_fisher"))
+    ratios, fractions = values(scalars, "npg/step_norm_ratio"), values(scalars, "npg/step_fraction")
+    assert ratios == pytest.approx(fractions, rel=1e-4)
+    if name == "npg-no-trust-region":
+        assert set(fractions) == {1.0}
+    else:
+        assert min(fractions) < 1.0  # eps = 0.1 steps past the trust region on some batch
+
+
+def test_damped_q_moves_along_the_natural_step(smoke):
+    """A first-order fit of the damped target from theta_old: on average it points along the
+    natural step in the Fisher metric (the theorem's claim, up to an unconverged fit)."""
+    for name in ("damped-q", "damped-q-exact"):
+        cosines = values(smoke[name], "npg/cosine_step_fisher")
+        assert sum(cosines) / len(cosines) > 0.1, cosines
+
+
+def test_the_options_reach_the_update(smoke):
+    """Same seed, different solver or Fisher: the runs part ways."""
+    assert values(smoke["damped-q"], "npg/kl_old_new") != values(smoke["npg"], "npg/kl_old_new")
+    assert values(smoke["npg"], "npg/kl_old_new") != values(smoke["npg-exact"], "npg/kl_old_new")
+    # damped-q's step does not depend on --fisher, only the reference it is compared with
+    assert values(smoke["damped-q"], "npg/kl_old_new") == values(smoke["damped-q-exact"], "npg/kl_old_new")
+    assert values(smoke["damped-q"], "npg/cosine_step") != values(smoke["damped-q-exact"], "npg/cosine_step")
+
+
+def test_same_seed_gives_identical_logs(smoke, tmp_path):
+    proc = run_in(tmp_path, "natural_pg_damped.py", *SMOKE, *RUNS["damped-q"])
+    assert proc.returncode == 0, proc.stderr
+    assert without_sps(read_scalars(only_run_dir(tmp_path))) == without_sps(smoke["damped-q"])
