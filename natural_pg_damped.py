@@ -26,7 +26,11 @@ The paper leaves implicit that Psi^T Psi is singular when the network has more p
 than the batch has samples (1.7M against 320 here): the regression then has many solutions.
 `--cg-damping` lambda picks one on both sides. npg solves (F + lambda I) x = g, and damped-q
 adds tau^2 lambda/2 ||theta - theta_old||^2 to its loss, whose Gauss-Newton step is then
-exactly the same (eps/tau) (Psi^T Psi / B + lambda I)^-1 Psi^T A / B.
+exactly the same (eps/tau) (Psi^T Psi / B + lambda I)^-1 Psi^T A / B. The default lambda = 0.1
+(TRPO's) is measured, not inherited: at 1e-3 the system is so ill-conditioned (the Fisher's top
+eigenvalue is ~8) that 10 CG iterations do not determine the step (cosine 0.81 with 50
+iterations), and a few epochs of Adam reach a Fisher-metric cosine of ~0.4 with it; at 0.1, CG
+converges in 10 iterations and the damped-Q fit reaches ~0.94 (benchmarks/npg_damping_sweep.py).
 
 Every iteration logs, on the batch just trained on, how close the step taken is to the CG
 natural step: `npg/cosine_step` in parameter space, `npg/cosine_step_fisher` in the Fisher
@@ -108,13 +112,13 @@ class Args:
     """`empirical`: Psi^T Psi / B at the sampled actions (the damped regression's Gauss-Newton matrix); `exact`: the KL Hessian"""
     cg_iters: int = 10
     """conjugate gradient iterations of the natural-gradient solve"""
-    cg_damping: float = 1e-3
-    """solve (F + cg_damping * I) x = g: Psi^T Psi is singular when the network has more parameters than the batch samples"""
+    cg_damping: float = 0.1
+    """lambda: npg solves (F + lambda I) x = g, damped-q adds tau^2 lambda/2 ||theta - theta_old||^2 (Psi^T Psi is singular)"""
     max_kl: Optional[float] = 0.01
     """scale each policy step back until the mean KL(pi_old || pi_new) on the batch is at most this (`None`: no trust region)"""
     policy_epochs: int = 4
     """damped-q: passes of Adam over the batch's minibatches per iteration"""
-    policy_lr: float = 3e-4
+    policy_lr: float = 1e-3
     """damped-q: the learning rate of the policy's Adam"""
     value_epochs: int = 4
     """passes of Adam over the batch's minibatches fitting V to Vhat = V_old + Delta, after the policy step"""
@@ -660,6 +664,9 @@ if __name__ == "__main__":
     truncated_buf = np.zeros((T, N), dtype=bool)
     truncation_values_buf = np.zeros((T, N), dtype=np.float32)
 
+    def set_policy(theta: torch.Tensor) -> None:
+        torch.nn.utils.vector_to_parameters(theta, policy.parameters())
+
     obs, info = envs.reset(seed=args.seed)
     game_return = np.zeros(N)
     game_length = np.zeros(N, dtype=np.int64)
@@ -719,14 +726,12 @@ if __name__ == "__main__":
             )
             b_advantages, b_value_targets = advantages.flatten(), value_targets.flatten()
             reg_advantages = regularized_advantages(b_advantages, logits_old, b_actions, args.tau)
+            targets = damped_q_target(b_values, logits_old, b_actions, b_advantages, args.tau, args.eps)
 
         # The natural gradient step on this batch: the update of --solver npg, the reference of damped-q.
         fvp = fisher_vector_product(jv, jtu, logits_old, b_actions, args.fisher, args.cg_damping)
         direction, cg_residual = conjugate_gradient(fvp, policy_gradient(jtu, logits_old, b_actions, reg_advantages), args.cg_iters)
         natural_step = (args.eps / args.tau) * direction
-
-        def set_policy(theta: torch.Tensor) -> None:
-            torch.nn.utils.vector_to_parameters(theta, policy.parameters())
 
         if args.solver == "npg":
             step = natural_step
@@ -736,7 +741,6 @@ if __name__ == "__main__":
                 fraction = min(1.0, math.sqrt(2 * args.max_kl / quadratic_kl)) if quadratic_kl > 0 else 1.0
             set_policy(theta_old + fraction * step)
         else:
-            targets = damped_q_target(b_values, logits_old, b_actions, b_advantages, args.tau, args.eps)
             params_old = [p.detach().clone() for p in policy.parameters()]
             policy_optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr, eps=1e-5)
             for epoch in range(args.policy_epochs):
@@ -762,9 +766,7 @@ if __name__ == "__main__":
             kl_old_new = mean_kl(logits_old, logits_new)
             residual = npg_residual(logits_new, logits_old, b_actions, reg_advantages, args.tau, args.eps)
             parts = dict(
-                damped_q_loss=damped_q_loss(
-                    logits_new, b_values, b_actions, damped_q_target(b_values, logits_old, b_actions, b_advantages, args.tau, args.eps), args.tau
-                ),
+                damped_q_loss=damped_q_loss(logits_new, b_values, b_actions, targets, args.tau),
                 npg_residual=residual.pow(2).mean().sqrt(),
                 entropy=entropy_and_kl(logits_new)[0].mean(),
             )

@@ -78,11 +78,11 @@ def test_npg_takes_the_cg_step_scaled_by_the_trust_region(smoke, name):
 
 
 def test_damped_q_moves_along_the_natural_step(smoke):
-    """A first-order fit of the damped target from theta_old: on average it points along the
-    natural step in the Fisher metric (the theorem's claim, up to an unconverged fit)."""
+    """Two epochs of Adam on the damped target from theta_old point along the CG natural step
+    in the Fisher metric (the theorem's claim, up to an unconverged fit; median ~0.9 here)."""
     for name in ("damped-q", "damped-q-exact"):
         cosines = values(smoke[name], "npg/cosine_step_fisher")
-        assert sum(cosines) / len(cosines) > 0.1, cosines
+        assert sum(cosines) / len(cosines) > 0.5, cosines
 
 
 def test_the_options_reach_the_update(smoke):
