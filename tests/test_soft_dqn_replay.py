@@ -239,7 +239,7 @@ def test_sampled_n_step_targets_match_linear_record(rollout, n_step):
 
 def test_one_million_slot_layout_fits_in_7_5_gb():
     """Bytes per slot of every tensor the buffer actually allocates, scaled to 1M slots (the
-    resident size of a real 1M buffer is measured by benchmarks/soft_dqn_bench.py)."""
+    resident size of a real 1M buffer is measured by benchmarks/bench.py)."""
     rb = sd.FrameReplayBuffer(1000, 2, n_step=5)
     tensors = [v for v in vars(rb).values() if isinstance(v, torch.Tensor)]
     bytes_per_slot = sum(t.element_size() * t.numel() for t in tensors) / (rb.num_envs * rb.capacity)
