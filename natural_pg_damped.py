@@ -48,7 +48,7 @@ run while acting. The equations are restated in ../shared/paper/NOTES.md.
 Run:
     python natural_pg_damped.py --solver damped-q --eps 0.5     # fit Q to the damped target, V frozen
     python natural_pg_damped.py --solver npg --eps 0.5          # natural gradient by conjugate gradient
-    python natural_pg_damped.py --solver npg --fisher exact --max-kl 0.01
+    python natural_pg_damped.py --solver npg --fisher exact --max-kl None --eps 0.01   # the true Fisher, no trust region
     tensorboard --logdir runs
 """
 
