@@ -360,9 +360,10 @@ def n_step_advantages(
 
 
 
-def log_prob(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log pi(a_t|s_t) for each row of `logits` (B, |A|) and its action (B,)."""
-    return F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)
+def log_ratio(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log(pi(a_t|s_t) / pibar(a_t|s_t)) for each row of `logits` (B, |A|) and its action (B,),
+    pibar uniform: the advantage stream of Q = V + tau log(pi/pibar) (eq. 57)."""
+    return F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1) + math.log(logits.shape[-1])
 
 
 def regularized_advantages(advantages: torch.Tensor, logits_old: torch.Tensor, actions: torch.Tensor, tau: float) -> torch.Tensor:
@@ -370,8 +371,7 @@ def regularized_advantages(advantages: torch.Tensor, logits_old: torch.Tensor, a
 
     Psi^T A / B is the entropy-regularized policy gradient: the one-step KL term's gradient
     -tau grad KL(s_t) written as its score-function form E_a[-tau (log(pi/pibar) - KL) grad log pi]."""
-    log_ratio = log_prob(logits_old, actions) + math.log(logits_old.shape[-1])
-    return advantages - tau * (log_ratio - entropy_and_kl(logits_old)[1])
+    return advantages - tau * (log_ratio(logits_old, actions) - entropy_and_kl(logits_old)[1])
 
 
 def damped_q_target(
@@ -381,7 +381,7 @@ def damped_q_target(
     Q_old = V_old + tau log(pi_old/pibar) (eq. 57) and Qhat_t = V_old(s_t) + tau KL_old(s_t) + Delta_t
     is the n-step soft Q target of Section 4. eps = 1 is plain soft Q-learning with V held
     fixed (eqs. 72-73), which is not a natural gradient step."""
-    q_old = values_old + tau * (log_prob(logits_old, actions) + math.log(logits_old.shape[-1]))
+    q_old = values_old + tau * log_ratio(logits_old, actions)
     q_hat = values_old + tau * entropy_and_kl(logits_old)[1] + advantages
     return (q_old + eps * (q_hat - q_old)).detach()
 
@@ -389,7 +389,7 @@ def damped_q_target(
 def damped_q_loss(logits: torch.Tensor, values_old: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
     """1/2 mean_t (Q_theta(s_t,a_t) - Qhat^eps_t)^2 with Q_theta = V_old + tau log(pi_theta/pibar)
     and V_old held constant (eq. 77): the damped soft Q-learning regression, in the policy only."""
-    q = values_old.detach() + tau * (log_prob(logits, actions) + math.log(logits.shape[-1]))
+    q = values_old.detach() + tau * log_ratio(logits, actions)
     return 0.5 * (q - targets).pow(2).mean()
 
 
@@ -407,7 +407,7 @@ def npg_residual(
     entropy-regularized natural-gradient regression (eqs. 68, 71). Term by term
     Q_theta - Qhat^eps = tau r_t (eq. 78), so the damped-Q loss is tau^2/2 mean r_t^2; linearized
     in theta - theta_old = w, r = Psi w - (eps/tau) A is eq. 66's least-squares residual."""
-    return log_prob(logits, actions) - log_prob(logits_old, actions).detach() - (eps / tau) * reg_advantages
+    return log_ratio(logits, actions) - log_ratio(logits_old, actions).detach() - (eps / tau) * reg_advantages
 
 
 def policy_jacobian(model: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable, Callable]:
@@ -736,8 +736,8 @@ if __name__ == "__main__":
         if args.solver == "npg":
             step = natural_step
             fraction = 1.0
-            if args.max_kl is not None:  # the quadratic model's KL, 1/2 s^T F s, sets the first try
-                quadratic_kl = 0.5 * step.dot(fvp(step) - args.cg_damping * step).item()
+            if args.max_kl is not None:  # the quadratic model's KL, 1/2 s^T F s (undamped F), sets the first try
+                quadratic_kl = 0.5 * step.dot(fisher_vector_product(jv, jtu, logits_old, b_actions, args.fisher, 0.0)(step)).item()
                 fraction = min(1.0, math.sqrt(2 * args.max_kl / quadratic_kl)) if quadratic_kl > 0 else 1.0
             set_policy(theta_old + fraction * step)
         else:
