@@ -97,6 +97,10 @@ class Args:
     log_interval: int = 100
     """log the losses every this many updates"""
 
+    # Speed (does not change the math)
+    compile: bool = False
+    """torch.compile the network: acting, V(s_T), and the update's backward pass through those graphs"""
+
 
 def parse_args() -> Args:
     """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
@@ -516,6 +520,10 @@ if __name__ == "__main__":
 
     envs = make_env(args.env_id, args.num_envs)
     agent = ActorCritic(envs.single_action_space.n).to(device)
+    # Acting runs `policy_value`; the update backpropagates through the acting passes, so with
+    # --compile the update's backward is compiled too. The time-limit bootstrap (rare, any batch
+    # size) stays eager: compiling it would recompile for every new size.
+    policy_value = torch.compile(agent) if args.compile else agent
     optimizer = RMSpropTF(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
 
     # The rollout's small arrays stay on the host and move to the device once per update.
@@ -543,7 +551,7 @@ if __name__ == "__main__":
         # 2 CPU cores).
         rollout_logits, rollout_values, rollout_actions = [], [], []
         for t in range(T):
-            logits, value = agent(torch.from_numpy(obs).to(device))
+            logits, value = policy_value(torch.from_numpy(obs).to(device))
             with torch.no_grad():
                 action = sample_actions(logits, generator)
             rollout_logits.append(logits)
@@ -576,7 +584,7 @@ if __name__ == "__main__":
             global_step += N
 
         with torch.no_grad():
-            _, next_value = agent(torch.from_numpy(obs).to(device))  # V(s_T), with the rollout's parameters
+            _, next_value = policy_value(torch.from_numpy(obs).to(device))  # V(s_T), with the rollout's parameters
         logits, values = torch.stack(rollout_logits), torch.stack(rollout_values)  # (T, N, |A|), (T, N)
         advantages, value_targets = n_step_advantages(
             torch.from_numpy(rewards_buf).to(device),
@@ -612,6 +620,7 @@ if __name__ == "__main__":
         progress.update(global_step)
     progress.close(global_step)
     envs.close()
+    del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"

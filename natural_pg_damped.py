@@ -133,6 +133,10 @@ class Args:
     gamma: float = 0.99
     """the discount factor gamma"""
 
+    # Speed (does not change the math)
+    compile: bool = False
+    """torch.compile both networks (acting, the minibatch steps) and the Fisher-vector product's forward-mode pass"""
+
 
 def parse_args() -> Args:
     """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
@@ -654,6 +658,11 @@ if __name__ == "__main__":
     policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
     value = NatureCNN(1, head_std=1.0).to(device)
     value_optimizer = torch.optim.Adam(value.parameters(), lr=args.value_lr, eps=1e-5)
+    # Every fixed-size batch runs `policy_fn` / `value_fn`, compiled with --compile. The
+    # time-limit bootstrap (rare, any batch size) stays eager: compiling it would recompile
+    # for every new size.
+    policy_fn = torch.compile(policy) if args.compile else policy
+    value_fn = torch.compile(value) if args.compile else value
 
     T, N = args.num_steps, args.num_envs
     obs_buf = torch.zeros((T, N) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
@@ -679,8 +688,8 @@ if __name__ == "__main__":
         for t in range(T):
             obs_buf[t] = torch.from_numpy(obs).to(device)
             with torch.no_grad():
-                action = sample_actions(policy(obs_buf[t]), generator)
-                values_buf[t] = value(obs_buf[t]).squeeze(-1)
+                action = sample_actions(policy_fn(obs_buf[t]), generator)
+                values_buf[t] = value_fn(obs_buf[t]).squeeze(-1)
             actions_buf[t] = action
             if args.capture_video and video_schedule(games_env0):
                 video_frames.append(obs[0, -1].copy())
@@ -712,7 +721,7 @@ if __name__ == "__main__":
         b_obs, b_actions, b_values = obs_buf.flatten(0, 1), actions_buf.flatten(), values_buf.flatten()
         theta_old, logits_old, jv, jtu = policy_jacobian(policy, b_obs)
         with torch.no_grad():
-            next_value = value(torch.from_numpy(obs).to(device)).squeeze(-1)  # V_old(s_T)
+            next_value = value_fn(torch.from_numpy(obs).to(device)).squeeze(-1)  # V_old(s_T)
             advantages, value_targets = n_step_advantages(
                 torch.from_numpy(rewards_buf).to(device),
                 reward_bonus(logits_old.view(T, N, -1), args.tau, args.regularizer),
@@ -729,6 +738,8 @@ if __name__ == "__main__":
             targets = damped_q_target(b_values, logits_old, b_actions, b_advantages, args.tau, args.eps)
 
         # The natural gradient step on this batch: the update of --solver npg, the reference of damped-q.
+        if args.compile:
+            jv = torch.compile(jv)  # the costliest pass of CG (forward mode, ~3x a forward pass)
         fvp = fisher_vector_product(jv, jtu, logits_old, b_actions, args.fisher, args.cg_damping)
         direction, cg_residual = conjugate_gradient(fvp, policy_gradient(jtu, logits_old, b_actions, reg_advantages), args.cg_iters)
         natural_step = (args.eps / args.tau) * direction
@@ -745,7 +756,7 @@ if __name__ == "__main__":
             policy_optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr, eps=1e-5)
             for epoch in range(args.policy_epochs):
                 for mb in torch.randperm(batch_size, generator=shuffle).to(device).split(minibatch_size):
-                    loss = damped_q_loss(policy(b_obs[mb]), b_values[mb], b_actions[mb], targets[mb], args.tau)
+                    loss = damped_q_loss(policy_fn(b_obs[mb]), b_values[mb], b_actions[mb], targets[mb], args.tau)
                     loss = loss + proximal_term(list(policy.parameters()), params_old, args.tau, args.cg_damping)
                     policy_optimizer.zero_grad()
                     loss.backward()
@@ -757,12 +768,12 @@ if __name__ == "__main__":
 
                 def kl_of(f: float) -> float:
                     set_policy(theta_old + f * step)
-                    return mean_kl(logits_old, policy(b_obs)).item()
+                    return mean_kl(logits_old, policy_fn(b_obs)).item()
 
                 fraction, _ = kl_backtrack(kl_of, args.max_kl, start=fraction)
                 set_policy(theta_old + fraction * step)
             taken = fraction * step
-            logits_new = policy(b_obs)
+            logits_new = policy_fn(b_obs)
             kl_old_new = mean_kl(logits_old, logits_new)
             residual = npg_residual(logits_new, logits_old, b_actions, reg_advantages, args.tau, args.eps)
             parts = dict(
@@ -785,7 +796,7 @@ if __name__ == "__main__":
         # The value function, after the policy step: regress V onto Vhat = V_old + Delta.
         for epoch in range(args.value_epochs):
             for mb in torch.randperm(batch_size, generator=shuffle).to(device).split(minibatch_size):
-                value_loss = 0.5 * (value(b_obs[mb]).squeeze(-1) - b_value_targets[mb]).pow(2).mean()
+                value_loss = 0.5 * (value_fn(b_obs[mb]).squeeze(-1) - b_value_targets[mb]).pow(2).mean()
                 value_optimizer.zero_grad()
                 value_loss.backward()
                 value_optimizer.step()
@@ -805,6 +816,7 @@ if __name__ == "__main__":
         progress.update(global_step)
     progress.close(global_step)
     envs.close()
+    del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"

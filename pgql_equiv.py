@@ -104,6 +104,10 @@ class Args:
     log_interval: int = 100
     """log the losses every this many updates"""
 
+    # Speed (does not change the math)
+    compile: bool = False
+    """torch.compile the network: acting, V(s_T), and the update's backward pass through those graphs"""
+
 
 def parse_args() -> Args:
     """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
@@ -480,6 +484,37 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torc
     return torch.where(var > 0, 1 - (targets - predictions).var() / var, torch.full_like(var, float("nan")))
 
 
+def equivalence_check(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    actions: torch.Tensor,
+    advantages: torch.Tensor,
+    value_targets: torch.Tensor,
+    tau: float,
+    regularizer: str,
+    vf_coef: float,
+    grad_scaling: bool,
+    params: list,
+) -> tuple[float, float, float]:
+    """How close the QL and PG gradients are on one batch: (cosine, relative error) of the
+    `expected_losses` gradients, which the theorem says agree to rounding, and the cosine of the
+    gradients of the losses that training uses (sampled actions; they agree only in expectation).
+    Gradients are taken in `params`.
+
+    It backpropagates four times through `logits` and `values`, so the caller gives it a
+    forward pass of its own (eager): the training update's graph is then backpropagated once,
+    and with --compile no compiled graph is run backward twice (torch 2.13's compiled backward
+    returns wrong gradients the second time, even with retain_graph=True).
+    """
+    ql_expected, pg_expected = expected_losses(logits, values, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling)
+    q_values = soft_q_values(logits, values, tau, *soft_q_scales(tau, vf_coef, grad_scaling))
+    ql_sampled = ql_loss(q_values, soft_q_target(values, advantages, entropy_and_kl(logits)[1], tau), actions)
+    c = vf_coef if grad_scaling else 1.0 / tau
+    pg_sampled = (1.0 if grad_scaling else tau) * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
+    cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
+    return cosine, rel_error, gradient_agreement(ql_sampled, pg_sampled, params)[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # Progress, video, evaluation
 # ----------------------------------------------------------------------------------------------
@@ -608,6 +643,10 @@ if __name__ == "__main__":
 
     envs = make_env(args.env_id, args.num_envs)
     agent = ActorCritic(envs.single_action_space.n).to(device)
+    # Acting runs `policy_value`; the update backpropagates through the acting passes, so with
+    # --compile the update's backward is compiled too. The time-limit bootstrap (rare, any batch
+    # size) stays eager: compiling it would recompile for every new size.
+    policy_value = torch.compile(agent) if args.compile else agent
     optimizer = RMSpropTF(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
 
     # The rollout's small arrays stay on the host and move to the device once per update.
@@ -633,9 +672,10 @@ if __name__ == "__main__":
         # backpropagating through the acting forward passes gives the same gradient as a second
         # forward pass over the rollout would, without that pass (1,238 -> ~1,340 steps/s on
         # 2 CPU cores).
-        rollout_logits, rollout_values, rollout_actions = [], [], []
+        rollout_logits, rollout_values, rollout_actions, rollout_obs = [], [], [], []
         for t in range(T):
-            logits, value = agent(torch.from_numpy(obs).to(device))
+            rollout_obs.append(torch.from_numpy(obs).to(device))
+            logits, value = policy_value(rollout_obs[-1])
             with torch.no_grad():
                 action = sample_actions(logits, generator)
             rollout_logits.append(logits)
@@ -668,7 +708,7 @@ if __name__ == "__main__":
             global_step += N
 
         with torch.no_grad():
-            _, next_value = agent(torch.from_numpy(obs).to(device))  # V(s_T), with the rollout's parameters
+            _, next_value = policy_value(torch.from_numpy(obs).to(device))  # V(s_T), with the rollout's parameters
         logits, values = torch.stack(rollout_logits), torch.stack(rollout_values)  # (T, N, |A|), (T, N)
         advantages, value_targets = n_step_advantages(
             torch.from_numpy(rewards_buf).to(device),
@@ -684,7 +724,6 @@ if __name__ == "__main__":
         logits, values, actions = logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions)
         advantages, value_targets = advantages.flatten(), value_targets.flatten()
         pg_loss, parts = a2c_loss(logits, values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef)
-        check_now = args.equiv_check_every > 0 and iteration % args.equiv_check_every == 0
         if args.tau > 0:  # the soft Q-learning loss on this batch (logged for both updates)
             q_values = soft_q_values(logits, values, args.tau, *soft_q_scales(args.tau, args.vf_coef, args.grad_scaling))
             q_loss = ql_loss(q_values, soft_q_target(values, advantages, entropy_and_kl(logits)[1], args.tau), actions)
@@ -694,18 +733,16 @@ if __name__ == "__main__":
             progress.close(global_step)
             bad = [f"losses/{k} ({v.item()})" for k, v in parts.items() if not torch.isfinite(v)] or [f"loss ({loss.item()})"]
             sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} at global_step {global_step}, update {iteration}")
-        if check_now:  # on this batch, before the update: the theorem (exact expectation), then the samples
-            params = list(agent.parameters())
-            ql_expected, pg_expected = expected_losses(
-                logits, values, advantages, value_targets, args.tau, args.regularizer, args.vf_coef, args.grad_scaling
-            )
-            pg_sampled = pg_loss if args.grad_scaling else args.tau * a2c_loss(
-                logits, values, actions, advantages, value_targets, args.tau, args.regularizer, 1.0 / args.tau
-            )[0]  # fmt: skip
-            cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
+        if args.equiv_check_every > 0 and iteration % args.equiv_check_every == 0:  # on this batch, before the update,
+            # through a forward pass of its own (see equivalence_check)
+            check_logits, check_values = agent(torch.cat(rollout_obs))
+            cosine, rel_error, cosine_sampled = equivalence_check(
+                check_logits, check_values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef,
+                args.grad_scaling, list(agent.parameters()),
+            )  # fmt: skip
             writer.add_scalar("equiv/cosine_expected", cosine, global_step)
             writer.add_scalar("equiv/rel_error_expected", rel_error, global_step)
-            writer.add_scalar("equiv/cosine_sampled", gradient_agreement(q_loss, pg_sampled, params)[0], global_step)
+            writer.add_scalar("equiv/cosine_sampled", cosine_sampled, global_step)
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -722,6 +759,7 @@ if __name__ == "__main__":
         progress.update(global_step)
     progress.close(global_step)
     envs.close()
+    del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"

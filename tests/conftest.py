@@ -50,15 +50,20 @@ def only_run_dir(cwd: Path) -> Path:
     return dirs[0]
 
 
-def scalars_of_runs(tmp_path_factory, script: str, common: list[str], runs: dict[str, list[str]]) -> dict[str, dict]:
+def scalars_of_runs(
+    tmp_path_factory, script: str, common: list[str], runs: dict[str, list[str]], env: dict | None = None, stderrs: dict | None = None
+) -> dict[str, dict]:
     """Run `script` once per entry of `runs` (the `common` arguments, then the entry's), each in
-    its own directory; return each run's logged scalars by name."""
+    its own directory, with `env` added to the environment; return each run's logged scalars by
+    name (and put each run's stderr into `stderrs` when one is given)."""
     logs = {}
     for name, extra in runs.items():
         cwd = tmp_path_factory.mktemp(name)
-        proc = run_in(cwd, script, *common, *extra)
+        proc = run_in(cwd, script, *common, *extra, env=env)
         assert proc.returncode == 0, proc.stderr
         logs[name] = read_scalars(only_run_dir(cwd))
+        if stderrs is not None:
+            stderrs[name] = proc.stderr
     return logs
 
 

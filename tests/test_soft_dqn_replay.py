@@ -241,7 +241,8 @@ def test_one_million_slot_layout_fits_in_7_5_gb():
     """Bytes per slot of every tensor the buffer actually allocates, scaled to 1M slots (the
     resident size of a real 1M buffer is measured by benchmarks/bench.py)."""
     rb = sd.FrameReplayBuffer(1000, 2, n_step=5)
-    tensors = [v for v in vars(rb).values() if isinstance(v, torch.Tensor)]
-    bytes_per_slot = sum(t.element_size() * t.numel() for t in tensors) / (rb.num_envs * rb.capacity)
+    arrays = [v for v in vars(rb).values() if isinstance(v, (torch.Tensor, np.ndarray))]
+    nbytes = sum(a.nbytes if isinstance(a, np.ndarray) else a.element_size() * a.numel() for a in arrays)
+    bytes_per_slot = nbytes / (rb.num_envs * rb.capacity)
     assert bytes_per_slot >= 84 * 84  # the frame itself is there...
     assert 1_000_000 * bytes_per_slot <= 7.5e9  # ...and little else
