@@ -4,6 +4,7 @@
     python benchmarks/bench.py                     # everything, ~15 min on 2 CPU cores
     python benchmarks/bench.py --only a2c env      # some groups: dqn, a2c, npg, env
     python benchmarks/bench.py --sb3-python /path/to/venv/bin/python
+    python benchmarks/bench.py --compile           # each of our rows again with --compile (~30 min in all)
 
 Each row is one run in a child process, one after another (the children of this process: one
 process tree). SPS is the steady state: agent steps between the first and the last logged
@@ -178,7 +179,17 @@ def main():
     parser.add_argument("--dqn-buffer", type=int, default=100_000)
     parser.add_argument("--a2c-steps", type=int, default=40_000)
     parser.add_argument("--npg-steps", type=int, default=9_600)
+    parser.add_argument("--compile", action="store_true", help="also time each of our scripts with --compile (one more row each)")
     opts = parser.parse_args()
+
+    def rows_of(command: str, note: str, tag: str, args: list[str], anchor: dict | None = None) -> list[tuple[str, dict, str]]:
+        """Table rows for `python COMMAND ARGS`: eager, and with --compile too if asked."""
+        rows = []
+        for extra in [[], ["--compile"]] if opts.compile else [[]]:
+            r = ours(command.split()[0], tag, [*command.split()[1:], *args, *extra])
+            ratio = f"{r['sps'] / anchor['sps']:.2f}x" if anchor else "no anchor"
+            rows.append((f"`{' '.join([command, *extra])}`{note}", r, ratio))
+        return rows
 
     import torch
 
@@ -194,15 +205,11 @@ def main():
         ls, steps, buffer = opts.dqn_learning_starts, opts.dqn_steps, opts.dqn_buffer
         common = ["--env-id", env, "--learning-starts", str(ls), "--total-timesteps", str(ls + steps), "--buffer-size", str(buffer)]
         sb3 = child(SB3_DQN_CHILD, opts.sb3_python, env, steps, ls, buffer)
-        hard = ours("soft_dqn.py", "losses/td_loss", [*common, "--tau", "0"])
-        soft = ours("soft_dqn.py", "losses/td_loss", [*common, "--tau", "0.1"])
         table(
             f"{env}, 1 env, training ({buffer:,} replay)",
-            [
-                ("`soft_dqn.py --tau 0` (hard)", hard, f"{hard['sps'] / sb3['sps']:.2f}x"),
-                ("`soft_dqn.py --tau 0.1` (soft)", soft, f"{soft['sps'] / sb3['sps']:.2f}x"),
-                ("SB3 DQN, same hyperparameters", sb3, ""),
-            ],
+            rows_of("soft_dqn.py --tau 0", " (hard)", "losses/td_loss", common, sb3)
+            + rows_of("soft_dqn.py --tau 0.1", " (soft)", "losses/td_loss", common, sb3)
+            + [("SB3 DQN, same hyperparameters", sb3, "")],
         )
         with tempfile.TemporaryDirectory() as cwd:
             replay = int(timed([sys.executable, "-c", REPLAY_CHILD.format(root=str(ROOT))], cwd)[0].strip().splitlines()[-1])
@@ -213,22 +220,17 @@ def main():
     if "a2c" in opts.only:
         steps = str(opts.a2c_steps)
         sb3 = child(SB3_A2C_CHILD, opts.sb3_python, env, opts.a2c_steps)
-        a2c = ours("a2c_entropy.py", "losses/value_loss", ["--env-id", env, "--total-timesteps", steps, "--log-interval", "10"])
-        pgql = ours("pgql_equiv.py", "losses/value_loss", ["--env-id", env, "--total-timesteps", steps, "--log-interval", "10", "--update", "ql"])
+        common = ["--env-id", env, "--total-timesteps", steps, "--log-interval", "10"]
         table(
             f"{env}, 16 envs, 5-step rollouts",
-            [
-                ("`a2c_entropy.py` (proper)", a2c, f"{a2c['sps'] / sb3['sps']:.2f}x"),
-                ("`pgql_equiv.py --update ql`", pgql, f"{pgql['sps'] / sb3['sps']:.2f}x"),
-                ("SB3 A2C, rl-zoo Atari settings", sb3, ""),
-            ],
+            rows_of("a2c_entropy.py", " (proper)", "losses/value_loss", common, sb3)
+            + rows_of("pgql_equiv.py --update ql", "", "losses/value_loss", common, sb3)
+            + [("SB3 A2C, rl-zoo Atari settings", sb3, "")],
         )
 
     if "npg" in opts.only:
-        rows = []
-        for solver in ("damped-q", "npg"):
-            r = ours("natural_pg_damped.py", "npg/kl_old_new", ["--env-id", env, "--total-timesteps", str(opts.npg_steps), "--solver", solver])
-            rows.append((f"`natural_pg_damped.py --solver {solver}`", r, "no anchor"))
+        common = ["--env-id", env, "--total-timesteps", str(opts.npg_steps)]
+        rows = [row for solver in ("damped-q", "npg") for row in rows_of(f"natural_pg_damped.py --solver {solver}", "", "npg/kl_old_new", common)]
         table(f"{env}, 16 envs, 20-step rollouts", rows)
 
     if "env" in opts.only:
