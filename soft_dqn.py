@@ -19,6 +19,7 @@ Run:
     python soft_dqn.py --tau 0                          # standard DQN
     python soft_dqn.py --tau 0.1 --regularizer kl       # soft, KL penalty against uniform
     python soft_dqn.py --tau 0 --n-step 5 --env-id PongNoFrameskip-v4
+    python soft_dqn.py --tau 0.1 --compile --cudagraphs --buffer-device cuda   # on a GPU: same math, faster
     tensorboard --logdir runs
 """
 

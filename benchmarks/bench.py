@@ -182,16 +182,22 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time each of our scripts with --compile (one more row each)")
     opts = parser.parse_args()
 
+    import torch
+
+    cuda = torch.cuda.is_available()
+
     def rows_of(command: str, note: str, tag: str, args: list[str], anchor: dict | None = None) -> list[tuple[str, dict, str]]:
-        """Table rows for `python COMMAND ARGS`: eager, and with --compile too if asked."""
+        """Table rows for `python COMMAND ARGS`: eager, and with --compile too if asked (on a GPU,
+        soft_dqn.py also with CUDA graphs and the replay on the device)."""
+        variants = [[], ["--compile"]] if opts.compile else [[]]
+        if opts.compile and cuda and command.startswith("soft_dqn.py"):
+            variants.append(["--compile", "--cudagraphs", "--buffer-device", "cuda"])
         rows = []
-        for extra in [[], ["--compile"]] if opts.compile else [[]]:
+        for extra in variants:
             r = ours(command.split()[0], tag, [*command.split()[1:], *args, *extra])
             ratio = f"{r['sps'] / anchor['sps']:.2f}x" if anchor else "no anchor"
             rows.append((f"`{' '.join([command, *extra])}`{note}", r, ratio))
         return rows
-
-    import torch
 
     print(
         f"# benchmarks/bench.py, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPU cores, "
