@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ class Args:
     compile: bool = False
     """torch.compile the network: acting, V(s_T), and the update's backward pass through those graphs"""
 
+    # Long runs
+    checkpoint_every: int = 0
+    """write `runs/{run_name}/checkpoint.pt` every this many agent steps (like --total-timesteps) and at the end; 0: only on SIGINT/SIGTERM"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint, with its options (--total-timesteps and --checkpoint-every may change)"""
+
 
 def parse_args() -> Args:
     """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
@@ -126,9 +133,13 @@ def parse_args() -> Args:
 
 def check_args(args: Args) -> None:
     """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
+    if args.resume is not None:  # the options come from the checkpoint; `resumed` checks them
+        if not os.path.isfile(args.resume):
+            sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: no such checkpoint file")
+        return
     problems = []
-    if not 0 <= args.seed < 2**32:
-        problems.append(f"--seed must be in [0, 2**32), got {args.seed}")
+    if not 0 <= args.seed < 2**31 - 2**16:  # ale-py seeds env i with seed + i, a C int
+        problems.append(f"--seed must be in [0, 2**31 - 2**16), got {args.seed}")
     try:
         ale_game_name(args.env_id)
     except ValueError as e:
@@ -160,6 +171,8 @@ def check_args(args: Args) -> None:
         problems.append(f"--log-interval must be >= 1, got {args.log_interval}")
     if args.eval_episodes < 1:
         problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if args.checkpoint_every < 0:
+        problems.append(f"--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM), got {args.checkpoint_every}")
     if problems:
         sys.exit(f"{os.path.basename(__file__)}: error: " + "; ".join(problems))
 
@@ -394,6 +407,62 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torc
 
 
 # ----------------------------------------------------------------------------------------------
+# Long runs: checkpoints, resume, stop signals
+# ----------------------------------------------------------------------------------------------
+
+
+def resumed(args: Args) -> tuple[Args, Optional[dict]]:
+    """With --resume PATH: the run's saved options and its checkpoint. Only --total-timesteps
+    and --checkpoint-every, when given on the command line, override the saved ones (to extend
+    a run). Without --resume: (args, None)."""
+    if args.resume is None:
+        return args, None
+    try:
+        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)  # our own file: trusted
+        saved = Args(**checkpoint["args"])
+    except Exception as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: not a checkpoint of this script ({e})")
+    given = {a.split("=")[0] for a in sys.argv[1:]}
+    for name in ("total_timesteps", "checkpoint_every"):
+        if "--" + name.replace("_", "-") in given:
+            setattr(saved, name, getattr(args, name))
+    check_args(saved)
+    saved.resume = args.resume
+    return saved, checkpoint
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save `state` to `path` atomically (write, then rename): a crash mid-write leaves
+    the previous checkpoint intact."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def restart_seed(seed: int, global_step: int) -> int:
+    """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
+    checkpoint restarts the games, a seed derived from it and the step, the same in a run that
+    goes on and in one resumed there."""
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)  # < 2**30
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) ask the run to stop at the end of
+    the current update, where it writes a final checkpoint and closes its logs. A second
+    signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update (again to stop now)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
 # Progress, video, evaluation
 # ----------------------------------------------------------------------------------------------
 
@@ -404,10 +473,11 @@ class Progress:
     30 s window, not the run's average (a run's speed changes: DQN's warm-up is ~8x faster
     than its training)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, start_step: int = 0):
         self.total, self.tty = total, sys.stderr.isatty()
         self.start = self.window_time = time.time()
-        self.window_step, self.window_sps = 0, None
+        self.start_step = self.window_step = start_step  # a resumed run starts at its checkpoint's step
+        self.window_sps = None
         self.last_draw, self.returns = 0.0, []
 
     def update(self, step: int, force: bool = False):
@@ -418,7 +488,7 @@ class Progress:
         if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
             return
         self.last_draw = now
-        sps = self.window_sps if self.window_sps is not None else step / max(now - self.start, 1e-9)
+        sps = self.window_sps if self.window_sps is not None else (step - self.start_step) / max(now - self.start, 1e-9)
         eta = int((self.total - step) / max(sps, 1e-9))
         ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
         filled = int(20 * step / self.total)
@@ -491,10 +561,10 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    args = parse_args()
+    args, checkpoint = resumed(parse_args())
     batch_size = args.num_envs * args.num_steps
     num_iterations = args.total_timesteps // batch_size
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
 
@@ -505,12 +575,18 @@ if __name__ == "__main__":
             config=vars(args),
             name=run_name,
             save_code=True,
+            id=checkpoint["wandb_id"] if checkpoint else None,
+            resume="allow",
         )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    # A resumed run appends to its own directory; TensorBoard drops what the stopped run logged
+    # after its checkpoint (purge_step), so no step is logged twice.
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    if not checkpoint:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+        )
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -534,14 +610,22 @@ if __name__ == "__main__":
     truncated_buf = np.zeros((T, N), dtype=bool)
     truncation_values_buf = np.zeros((T, N), dtype=np.float32)
 
-    obs, info = envs.reset(seed=args.seed)
+    global_step, first_iteration, games_env0, video_frames = 0, 1, 0, []
+    if checkpoint:
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        random.setstate(checkpoint["rng"]["python"])
+        global_step, first_iteration, games_env0 = checkpoint["global_step"], checkpoint["iteration"] + 1, checkpoint["games_env0"]
+    obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
     game_return = np.zeros(N)
     game_length = np.zeros(N, dtype=np.int64)
-    games_env0, video_frames = 0, []
-    progress = Progress(num_iterations * batch_size)
-    start_time = time.time()
-    global_step = 0
-    for iteration in range(1, num_iterations + 1):
+    progress = Progress(num_iterations * batch_size, global_step)
+    start_time, start_step = time.time(), global_step
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
+    for iteration in range(first_iteration, num_iterations + 1):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
         truncation_values_buf[:] = 0.0
@@ -617,11 +701,37 @@ if __name__ == "__main__":
                 "losses/explained_variance", explained_variance(values.detach(), value_targets).item(), global_step
             )
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+            writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
         progress.update(global_step)
+
+        due = args.checkpoint_every > 0 and global_step // args.checkpoint_every > (global_step - batch_size) // args.checkpoint_every
+        if due or stop.signum or (args.checkpoint_every > 0 and iteration == num_iterations):
+            save_checkpoint(checkpoint_path, dict(
+                args=vars(args), run_name=run_name, wandb_id=wandb.run.id if args.track else None,
+                global_step=global_step, iteration=iteration, games_env0=games_env0,
+                agent=agent.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state(),
+                rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
+            ))  # fmt: skip
+            if stop.signum:
+                break
+            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here
+            # and in any run resumed from it (their last rollout bootstrapped from V(s_T), as at
+            # a time limit; they are not logged as episodes): the two runs stay identical.
+            obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
+            game_return[:], game_length[:], video_frames = 0.0, 0, []
     progress.close(global_step)
     envs.close()
     del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
+    if stop.signum:
+        writer.close()
+        if args.track:
+            wandb.finish()
+        print(
+            f"{signal.Signals(stop.signum).name} at global_step {global_step}: checkpoint written to {checkpoint_path}; "
+            f"continue with: python {os.path.basename(__file__)} --resume {checkpoint_path}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)
 
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"

@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -107,6 +108,14 @@ class Args:
     buffer_device: Literal["cpu", "cuda"] = "cpu"
     """where the replay memory lives; `cuda` keeps it on the GPU (1M transitions: 7.1 GB) so a sampled batch is never copied from the host"""
 
+    # Long runs
+    checkpoint_every: int = 0
+    """write `runs/{run_name}/checkpoint.pt` every this many agent steps (like --total-timesteps) and at the end; 0: only on SIGINT/SIGTERM"""
+    checkpoint_replay: bool = False
+    """also save the replay memory in each checkpoint (1M transitions: 7.1 GB); without it a resumed run refills it first"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint, with its options (--total-timesteps and --checkpoint-every may change)"""
+
 
 def parse_args() -> Args:
     """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
@@ -132,9 +141,13 @@ def parse_args() -> Args:
 
 def check_args(args: Args) -> None:
     """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
+    if args.resume is not None:  # the options come from the checkpoint; `resumed` checks them
+        if not os.path.isfile(args.resume):
+            sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: no such checkpoint file")
+        return
     problems = []
-    if not 0 <= args.seed < 2**32:
-        problems.append(f"--seed must be in [0, 2**32), got {args.seed}")
+    if not 0 <= args.seed < 2**31 - 2**16:  # ale-py seeds env i with seed + i, a C int
+        problems.append(f"--seed must be in [0, 2**31 - 2**16), got {args.seed}")
     try:
         ale_game_name(args.env_id)
     except ValueError as e:
@@ -177,6 +190,8 @@ def check_args(args: Args) -> None:
         problems.append(f"--exploration-fraction must be in (0, 1], got {args.exploration_fraction}")
     if args.eval_episodes < 1:
         problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if args.checkpoint_every < 0:
+        problems.append(f"--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM), got {args.checkpoint_every}")
     if args.cudagraphs and not args.compile:
         problems.append("--cudagraphs needs --compile (the graphs are captured by torch.compile)")
     cuda = args.cuda and torch.cuda.is_available()
@@ -443,6 +458,24 @@ class FrameReplayBuffer:
         keep[:, :-1] = (~opens).flip(1).to(torch.uint8).cumprod(1).flip(1).bool()
         return frames.mul_(keep[:, :, None, None])
 
+    def end_games(self, obs: np.ndarray) -> None:
+        """End every env's game at observation `obs` (a checkpoint restarts the envs): the last
+        stored transition becomes truncated, `obs` is stored as the game's last observation for
+        it to bootstrap from (as at the time limit), and the next slot opens a game."""
+        going = np.flatnonzero(~self._next_first)  # envs whose current game has a stored transition
+        if len(going):
+            self.truncated[torch.from_numpy(self._rows(going, self.count[going] - 1)).to(self.device)] = True
+            no = np.zeros(len(going), dtype=bool)
+            self._write(going, obs[going, -1], np.zeros(len(going)), no, no, no, no, no, False)
+        self._next_first[:] = True
+
+    def state_dict(self) -> dict:
+        return {name: value for name, value in vars(self).items() if isinstance(value, (torch.Tensor, np.ndarray))}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            getattr(self, name)[...] = value.to(self.device) if isinstance(value, torch.Tensor) else value
+
     def sampleable(self) -> tuple[np.ndarray, np.ndarray]:
         """Per env, the inclusive range [lo, hi] of slots whose stack and n-step window are stored."""
         wrapped = self.count > self.capacity
@@ -481,6 +514,62 @@ class FrameReplayBuffer:
 
 
 # ----------------------------------------------------------------------------------------------
+# Long runs: checkpoints, resume, stop signals
+# ----------------------------------------------------------------------------------------------
+
+
+def resumed(args: Args) -> tuple[Args, Optional[dict]]:
+    """With --resume PATH: the run's saved options and its checkpoint. Only --total-timesteps
+    and --checkpoint-every, when given on the command line, override the saved ones (to extend
+    a run). Without --resume: (args, None)."""
+    if args.resume is None:
+        return args, None
+    try:
+        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)  # our own file: trusted
+        saved = Args(**checkpoint["args"])
+    except Exception as e:
+        sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: not a checkpoint of this script ({e})")
+    given = {a.split("=")[0] for a in sys.argv[1:]}
+    for name in ("total_timesteps", "checkpoint_every"):
+        if "--" + name.replace("_", "-") in given:
+            setattr(saved, name, getattr(args, name))
+    check_args(saved)
+    saved.resume = args.resume
+    return saved, checkpoint
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save `state` to `path` atomically (write, then rename): a crash mid-write leaves
+    the previous checkpoint intact."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def restart_seed(seed: int, global_step: int) -> int:
+    """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
+    checkpoint restarts the games, a seed derived from it and the step, the same in a run that
+    goes on and in one resumed there."""
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)  # < 2**30
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) ask the run to stop at the end of
+    the current update, where it writes a final checkpoint and closes its logs. A second
+    signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this update (again to stop now)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
 # Progress, video, evaluation
 # ----------------------------------------------------------------------------------------------
 
@@ -491,10 +580,11 @@ class Progress:
     30 s window, not the run's average (a run's speed changes: DQN's warm-up is ~8x faster
     than its training)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, start_step: int = 0):
         self.total, self.tty = total, sys.stderr.isatty()
         self.start = self.window_time = time.time()
-        self.window_step, self.window_sps = 0, None
+        self.start_step = self.window_step = start_step  # a resumed run starts at its checkpoint's step
+        self.window_sps = None
         self.last_draw, self.returns = 0.0, []
 
     def update(self, step: int, force: bool = False):
@@ -505,7 +595,7 @@ class Progress:
         if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
             return
         self.last_draw = now
-        sps = self.window_sps if self.window_sps is not None else step / max(now - self.start, 1e-9)
+        sps = self.window_sps if self.window_sps is not None else (step - self.start_step) / max(now - self.start, 1e-9)
         eta = int((self.total - step) / max(sps, 1e-9))
         ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
         filled = int(20 * step / self.total)
@@ -579,8 +669,8 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    args, checkpoint = resumed(parse_args())
+    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
 
@@ -591,12 +681,18 @@ if __name__ == "__main__":
             config=vars(args),
             name=run_name,
             save_code=True,
+            id=checkpoint["wandb_id"] if checkpoint else None,
+            resume="allow",
         )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    # A resumed run appends to its own directory; TensorBoard drops what the stopped run logged
+    # after its checkpoint (purge_step), so no step is logged twice.
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    if not checkpoint:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+        )
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -636,13 +732,28 @@ if __name__ == "__main__":
         q_values = torch.compile(q_values, mode="reduce-overhead" if args.cudagraphs else None)
         update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
-    obs, info = envs.reset(seed=args.seed)
+    # Updates run from step `train_from` on, one per `train_frequency` steps after it, counted from `updates_before`.
+    global_step, num_updates, games_env0, video_frames = 0, 0, 0, []
+    train_from, updates_before = args.learning_starts, 0
+    if checkpoint:
+        q_network.load_state_dict(checkpoint["q_network"])
+        target_network.load_state_dict(checkpoint["target_network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        rng.bit_generator.state = checkpoint["rng"]["generator"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        random.setstate(checkpoint["rng"]["python"])
+        global_step, num_updates, games_env0 = checkpoint["global_step"], checkpoint["num_updates"], checkpoint["games_env0"]
+        if "replay" in checkpoint:
+            rb.load_state_dict(checkpoint["replay"])
+        else:  # the replay was not saved: collect --learning-starts new steps before updating again
+            train_from, updates_before = global_step + args.learning_starts, num_updates
+    obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
     game_return = np.zeros(args.num_envs)
     game_length = np.zeros(args.num_envs, dtype=np.int64)
-    games_env0, video_frames = 0, []
-    progress = Progress(args.total_timesteps)
-    start_time = time.time()
-    global_step, num_updates = 0, 0
+    progress = Progress(args.total_timesteps, global_step)
+    start_time, start_step = time.time(), global_step
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
     while global_step < args.total_timesteps:
         epsilon = linear_schedule(args.start_e, args.end_e, max(1, int(args.exploration_fraction * args.total_timesteps)), global_step)
         explore = rng.random(args.num_envs) < epsilon
@@ -677,7 +788,7 @@ if __name__ == "__main__":
         global_step += args.num_envs
 
         # Training: one gradient step per `train_frequency` env steps, whatever num_envs is.
-        while global_step > args.learning_starts and num_updates < (global_step - args.learning_starts) // args.train_frequency:
+        while global_step > train_from and num_updates < updates_before + (global_step - train_from) // args.train_frequency:
             batch = rb.sample(args.batch_size, rng)
             returns, bootstrap_discount, offset = n_step_returns(
                 batch.rewards, batch.bonuses, batch.terminated, batch.truncated, args.gamma
@@ -696,7 +807,7 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/q_values", q_all.gather(1, batch.actions[:, None].to(device)).mean().item(), global_step)
                 writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all, args.tau).mean().item(), global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
-                writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
+                writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
         # Target network: copied every `target_network_frequency` env steps.
         if global_step > args.learning_starts and (global_step // args.target_network_frequency) > (
@@ -704,9 +815,37 @@ if __name__ == "__main__":
         ):
             target_network.load_state_dict(q_network.state_dict())
         progress.update(global_step)
+
+        due = args.checkpoint_every > 0 and global_step // args.checkpoint_every > (global_step - args.num_envs) // args.checkpoint_every
+        if due or stop.signum or (args.checkpoint_every > 0 and global_step >= args.total_timesteps):
+            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here
+            # and in any run resumed from it (truncated, bootstrapping from this observation, as
+            # at a time limit; not logged as episodes): the two runs stay identical.
+            rb.end_games(obs)
+            save_checkpoint(checkpoint_path, dict(
+                args=vars(args), run_name=run_name, wandb_id=wandb.run.id if args.track else None,
+                global_step=global_step, num_updates=num_updates, games_env0=games_env0,
+                q_network=q_network.state_dict(), target_network=target_network.state_dict(), optimizer=optimizer.state_dict(),
+                rng=dict(generator=rng.bit_generator.state, torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
+                **(dict(replay=rb.state_dict()) if args.checkpoint_replay else {}),
+            ))  # fmt: skip
+            if stop.signum:
+                break
+            obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
+            game_return[:], game_length[:], video_frames = 0.0, 0, []
     progress.close(global_step)
     envs.close()
     del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
+    if stop.signum:
+        writer.close()
+        if args.track:
+            wandb.finish()
+        print(
+            f"{signal.Signals(stop.signum).name} at global_step {global_step}: checkpoint written to {checkpoint_path}; "
+            f"continue with: python {os.path.basename(__file__)} --resume {checkpoint_path}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stop.signum)
 
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"

@@ -45,7 +45,7 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def only_run_dir(cwd: Path) -> Path:
     """The single `runs/{run_name}` directory a script wrote under `cwd`."""
-    dirs = [p.parent for p in (cwd / "runs").rglob("events.out.tfevents.*")]
+    dirs = sorted({p.parent for p in (cwd / "runs").rglob("events.out.tfevents.*")})  # a resumed run adds event files
     assert len(dirs) == 1, dirs
     return dirs[0]
 

@@ -12,8 +12,9 @@ import natural_pg_damped
 import pgql_equiv
 import soft_dqn
 
-# every script: the environment, argument parsing, progress line and videos
+# every script: the environment, argument parsing, progress line, videos, checkpoints
 ENV_AND_CLI = ["ale_game_name", "make_env", "game_restarted", "parse_args", "Progress", "save_gif", "video_schedule"]
+ENV_AND_CLI += ["resumed", "save_checkpoint", "restart_seed", "StopRequest"]  # long runs
 # the A2C family: network, optimizer, the paper's A2C math, sampling, evaluation
 A2C = [
     "layer_init",
