@@ -1,0 +1,154 @@
+"""Draw a figure of experiments/*.toml from its runs' TensorBoard logs, the paper's way, and
+print the table of final returns.
+
+    python experiments/plot.py experiments/fig3_pgql.toml                      # -> docs/figures/fig3_pgql.png
+    python experiments/plot.py experiments/fig3_pgql.toml --out my.png --last 100
+
+One panel per game, frames on the x axis, one line per variant: the mean over seeds of the
+training return (real games, all lives, unclipped), each seed's curve being the mean return
+of the games that ended in each of --bins frame intervals, with a shaded band of +-1 standard
+deviation over seeds. The table gives, per game and variant, the mean +- std over seeds of
+each seed's last --last games, and the frames that the shortest seed reached. Runs are found
+where experiments/run.py puts them; a run still going or stopped counts with what it logged.
+"""
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import FRAMES_PER_STEP, ROOT, plan  # noqa: E402
+
+TAG = "charts/episodic_return"
+
+
+def episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """(frames, return) of every game a run logged, in order (empty arrays if none), and the
+    frames the run reached (its last logged step of any kind)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dirs = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}) if run_dir.exists() else []
+    steps, returns, reached = [], [], 0
+    for d in dirs:
+        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        acc.Reload()
+        reached = max([reached] + [acc.Scalars(tag)[-1].step for tag in acc.Tags()["scalars"]])
+        if TAG in acc.Tags()["scalars"]:
+            events = acc.Scalars(TAG)
+            steps += [e.step for e in events]
+            returns += [e.value for e in events]
+    return np.asarray(steps, dtype=np.int64) * FRAMES_PER_STEP, np.asarray(returns, dtype=np.float64), reached * FRAMES_PER_STEP
+
+
+def binned_curve(frames: np.ndarray, returns: np.ndarray, edges: np.ndarray, reached: int) -> np.ndarray:
+    """Mean return of the games that ended in each interval [edges[i], edges[i+1]); an interval
+    with no game ending in it carries the previous value (NaN before the first game, and from
+    the first interval that starts after the run's last step, `reached`)."""
+    index = np.searchsorted(edges, frames, side="right") - 1
+    sums = np.bincount(index, weights=returns, minlength=len(edges) - 1)[: len(edges) - 1]
+    counts = np.bincount(index, minlength=len(edges) - 1)[: len(edges) - 1]
+    curve = np.full(len(edges) - 1, np.nan)
+    curve[counts > 0] = sums[counts > 0] / counts[counts > 0]
+    for i in range(1, len(curve)):  # forward fill
+        if np.isnan(curve[i]):
+            curve[i] = curve[i - 1]
+    curve[edges[:-1] >= reached] = np.nan
+    return curve
+
+
+def final_return(returns: np.ndarray, last: int) -> float:
+    """Mean of a run's last `last` games (NaN if it logged none)."""
+    return float(np.mean(returns[-last:])) if len(returns) else float("nan")
+
+
+def collect(description: str, results: Path, frames: int | None, games, seeds, variants):
+    """{(variant, game): [(frames, returns) per seed]} for the planned runs, and the planned frames."""
+    runs = plan(description, results, frames, games, seeds, variants, [])
+    data: dict[tuple[str, str], list] = {}
+    for r in runs:
+        data.setdefault((r.variant, r.game), []).append(episodes(r.directory))
+    return data, runs
+
+
+def table(data: dict, last: int) -> str:
+    variants = list(dict.fromkeys(v for v, _ in data))
+    games = list(dict.fromkeys(g for _, g in data))
+    lines = [f"| game (frames reached) | {' | '.join(variants)} |", "|---|" + "---:|" * len(variants)]
+    for game in games:
+        cells, reached = [], []
+        for variant in variants:
+            per_seed = [final_return(ret, last) for _, ret, _ in data[(variant, game)]]
+            reached += [frames for _, _, frames in data[(variant, game)]]
+            done = [x for x in per_seed if not np.isnan(x)]
+            cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if done else "–")
+        lines.append(f"| {game} ({min(reached):,}) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def draw(data: dict, title: str, out: Path, bins: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(v for v, _ in data))
+    games = list(dict.fromkeys(g for _, g in data))
+    end = max((frames for seeds in data.values() for _, _, frames in seeds), default=1)
+    edges = np.linspace(0, end, bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    cols = min(3, len(games))
+    rows = -(-len(games) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, game in zip(axes.flat, games):
+        for variant in variants:
+            curves = np.array([binned_curve(f, r, edges, reached) for f, r, reached in data[(variant, game)] if len(f)])
+            if not len(curves):
+                continue
+            with warnings.catch_warnings():  # bins before a seed's first game are NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+            line = ax.plot(centers, mean, label=f"{variant} ({len(curves)} seeds)")[0]
+            ax.fill_between(centers, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title(game.replace("NoFrameskip-v4", ""))
+        ax.set_xlabel("frames")
+        ax.set_ylabel("episode return")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(6, 6))
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(games) :]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("description", help="an experiments/*.toml file")
+    parser.add_argument("--frames", type=int, help="the --frames the runs were launched with (selects nothing; shown in the plan)")
+    parser.add_argument("--games", nargs="+")
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--variants", nargs="+")
+    parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    parser.add_argument("--out", help="PNG path (default docs/figures/{figure}.png)")
+    parser.add_argument("--bins", type=int, default=50, help="frame intervals of the curves")
+    parser.add_argument("--last", type=int, default=100, help="games per seed in the final-return table")
+    opts = parser.parse_args(argv)
+
+    from run import load
+
+    data, _ = collect(opts.description, Path(opts.results), opts.frames, opts.games, opts.seeds, opts.variants)
+    out = Path(opts.out) if opts.out else ROOT / "docs" / "figures" / f"{Path(opts.description).stem}.png"
+    draw(data, load(opts.description)["title"], out, opts.bins)
+    print(f"figure: {out}")
+    print(f"final return: mean ± std over seeds of each seed's last {opts.last} games")
+    print(table(data, opts.last))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

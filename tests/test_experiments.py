@@ -1,0 +1,98 @@
+"""experiments/: the per-figure descriptions, the runner (local workers, skip, resume/extend,
+Slurm through submitit's local debug executor) and the plot/table."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tyro
+
+from conftest import ROOT, read_scalars
+
+sys.path.insert(0, str(ROOT / "experiments"))
+import plot  # noqa: E402
+import run as runner  # noqa: E402
+
+TINY = """
+title = "tiny"
+script = "a2c_entropy.py"
+games = ["BreakoutNoFrameskip-v4"]
+seeds = [1, 2]
+frames = 8000
+args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
+[variants]
+"A2C (1-step)" = ["--entropy-mode", "naive"]
+"A2C (proper)" = ["--entropy-mode", "proper"]
+"""
+
+
+@pytest.mark.parametrize(
+    "name, runs, frames", [("fig1_a2c_entropy", 36, 320_000_000), ("fig2_soft_dqn", 72, 40_000_000), ("fig3_pgql", 36, 320_000_000), ("sec5_natural_pg", 18, 40_000_000)]
+)
+def test_descriptions_plan_the_papers_runs_with_options_the_script_accepts(tmp_path, name, runs, frames):
+    planned = runner.plan(str(ROOT / "experiments" / f"{name}.toml"), tmp_path, None, None, None, None, [])
+    assert len(planned) == runs and {r.frames for r in planned} == {frames}
+    assert len({r.directory for r in planned}) == runs
+    module = importlib.import_module(planned[0].script.removesuffix(".py"))
+    for r in planned:
+        args = tyro.cli(module.Args, args=r.command(250_000)[2:])  # every option exists and parses...
+        module.check_args(args)  # ...and describes a valid run
+        assert args.env_id == r.game and args.seed == r.seed and args.total_timesteps == frames // 4
+
+
+def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    launch = [str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--checkpoint-every", "500"]
+    assert runner.main([*launch, "--workers", "2"]) == 0
+    dirs = sorted((tmp_path / "res" / "tiny").glob("*/*/seed*"))
+    assert len(dirs) == 4 and all(json.loads((d / "done.json").read_text())["frames"] == 8000 for d in dirs)
+    stamps = [(d / "done.json").stat().st_mtime for d in dirs]
+
+    assert runner.main(launch) == 0  # everything done: nothing runs
+    assert "0 of 4 runs to launch" in capsys.readouterr().out
+    assert [(d / "done.json").stat().st_mtime for d in dirs] == stamps
+
+    # more frames for one run: it resumes from its checkpoint and its logs go on
+    assert runner.main([*launch, "--frames", "10000", "--seeds", "1", "--variants", "A2C (proper)"]) == 0
+    extended = tmp_path / "res" / "tiny" / "A2C_proper" / "BreakoutNoFrameskip-v4" / "seed1"
+    done = json.loads((extended / "done.json").read_text())
+    assert done["frames"] == 10000 and "--resume" in done["command"]
+    run_dir = next(p.parent for p in (extended / "runs").rglob("events.out.tfevents.*"))
+    assert [s for s, _ in read_scalars(run_dir)["losses/policy_loss"]] == [*range(200, 2401, 200), 2500]  # every 10 updates and the last
+
+    assert plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "fig.png"), "--last", "3"]) == 0
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    # the table, recomputed here from the logs: mean +- std over seeds of each seed's last 3 games
+    for variant in ("A2C_1-step", "A2C_proper"):
+        finals = []
+        for seed in (1, 2):
+            d = tmp_path / "res" / "tiny" / variant / "BreakoutNoFrameskip-v4" / f"seed{seed}"
+            returns = [v for _, v in read_scalars(next(p.parent for p in d.rglob("events.out.tfevents.*")))["charts/episodic_return"]]
+            finals.append(np.mean(returns[-3:]))
+        assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
+    assert "| BreakoutNoFrameskip-v4 (8,000) |" in printed  # the shortest seed reached 8,000 frames
+
+
+def test_binned_curve_and_final_return():
+    edges = np.array([0, 10, 20, 30, 40, 50])
+    curve = plot.binned_curve(np.array([12, 18, 35]), np.array([1.0, 3.0, 5.0]), edges, reached=40)
+    # [0,10): no game yet; [10,20): mean(1, 3); [20,30): carried; [30,40): 5; [40,50): after the run
+    assert np.array_equal(curve, [np.nan, 2.0, 2.0, 5.0, np.nan], equal_nan=True)
+    assert plot.final_return(np.array([1.0, 2.0, 3.0, 10.0]), last=2) == 6.5
+    assert np.isnan(plot.final_return(np.array([]), last=100))
+
+
+def test_slurm_submission_through_submitit(tmp_path):
+    """The --slurm path, run by submitit's `debug` executor (in this process, no cluster)."""
+    pytest.importorskip("submitit")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    status = runner.main([
+        str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--seeds", "1", "--variants", "A2C (proper)",
+        "--slurm", "--slurm-cluster", "debug", "--slurm-folder", str(tmp_path / "slurm"), "--cpus", "2",
+    ])  # fmt: skip
+    assert status == 0
+    assert (tmp_path / "res" / "tiny" / "A2C_proper" / "BreakoutNoFrameskip-v4" / "seed1" / "done.json").exists()
