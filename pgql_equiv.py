@@ -436,8 +436,14 @@ def soft_q_scales(tau: float, vf_coef: float, grad_scaling: bool) -> tuple[float
     return (vf_coef, 1.0 / tau) if grad_scaling else (1.0, 1.0)
 
 
-def ql_loss(q_values: torch.Tensor, targets: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on sampled actions."""
+def ql_loss(
+    logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, tau: float, vf_coef: float, grad_scaling: bool
+) -> torch.Tensor:
+    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on the sampled
+    actions, with Q from `soft_q_values` (gradients scaled by `soft_q_scales`) and y_t from
+    `soft_q_target`."""
+    q_values = soft_q_values(logits, values, tau, *soft_q_scales(tau, vf_coef, grad_scaling))
+    targets = soft_q_target(values, advantages, entropy_and_kl(logits)[1], tau)
     return 0.5 * (q_values.gather(1, actions[:, None]).squeeze(1) - targets).pow(2).mean()
 
 
@@ -521,8 +527,7 @@ def equivalence_check(
     returns wrong gradients the second time, even with retain_graph=True).
     """
     ql_expected, pg_expected = expected_losses(logits, values, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling)
-    q_values = soft_q_values(logits, values, tau, *soft_q_scales(tau, vf_coef, grad_scaling))
-    ql_sampled = ql_loss(q_values, soft_q_target(values, advantages, entropy_and_kl(logits)[1], tau), actions)
+    ql_sampled = ql_loss(logits, values, actions, advantages, tau, vf_coef, grad_scaling)
     c = vf_coef if grad_scaling else 1.0 / tau
     pg_sampled = (1.0 if grad_scaling else tau) * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
     cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
@@ -810,8 +815,7 @@ if __name__ == "__main__":
         advantages, value_targets = advantages.flatten(), value_targets.flatten()
         pg_loss, parts = a2c_loss(logits, values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef)
         if args.tau > 0:  # the soft Q-learning loss on this batch (logged for both updates)
-            q_values = soft_q_values(logits, values, args.tau, *soft_q_scales(args.tau, args.vf_coef, args.grad_scaling))
-            q_loss = ql_loss(q_values, soft_q_target(values, advantages, entropy_and_kl(logits)[1], args.tau), actions)
+            q_loss = ql_loss(logits, values, actions, advantages, args.tau, args.vf_coef, args.grad_scaling)
             parts["q_loss"] = q_loss.detach()
         loss = q_loss if args.update == "ql" else pg_loss
         if not torch.isfinite(loss):

@@ -108,8 +108,7 @@ def test_per_sample_difference_does_not_depend_on_delta(seed):
 
     def difference(adv):
         vhat = values.detach() + adv
-        q = pq.soft_q_values(logits, values, tau, *pq.soft_q_scales(tau, 0.5, True))
-        ql = pq.ql_loss(q, pq.soft_q_target(values, adv, pq.entropy_and_kl(logits)[1], tau), actions)
+        ql = pq.ql_loss(logits, values, actions, adv, tau, 0.5, True)
         pg, _ = pq.a2c_loss(logits, values, actions, adv, vhat, tau, "entropy", 0.5)
         return flat_grad(ql, net) - flat_grad(pg, net)
 
