@@ -10,6 +10,11 @@ of the games that ended in each of --bins frame intervals, with a shaded band of
 deviation over seeds. The table gives, per game and variant, the mean +- std over seeds of
 each seed's last --last games, and the frames that the shortest seed reached. Runs are found
 where experiments/run.py puts them; a run still going or stopped counts with what it logged.
+
+A second table aggregates over games the rliable way (Agarwal et al. 2021): each run's final
+return is human-normalized, (score - random) / (human - random), and each variant gets the
+interquartile mean (IQM) of all its runs with a 95% stratified-bootstrap confidence interval
+(--reps replicates; each resamples the seeds within every game, never across games).
 """
 
 import argparse
@@ -23,6 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import FRAMES_PER_STEP, ROOT, plan  # noqa: E402
 
 TAG = "charts/episodic_return"
+
+# (random, human) scores of the games in experiments/*.toml: Badia et al. 2020 (Agent57), the
+# reference scores that rliable and Dopamine normalize with.
+RANDOM_HUMAN = {
+    "BeamRider": (363.9, 16926.5),
+    "Breakout": (1.7, 30.5),
+    "Enduro": (0.0, 860.5),
+    "Pong": (-20.7, 14.6),
+    "Qbert": (163.9, 13455.0),
+    "Seaquest": (68.4, 42054.7),
+    "SpaceInvaders": (148.0, 1668.7),
+}
 
 
 def episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -64,6 +81,38 @@ def final_return(returns: np.ndarray, last: int) -> float:
     return float(np.mean(returns[-last:])) if len(returns) else float("nan")
 
 
+def game_name(env_id: str) -> str:
+    """`BreakoutNoFrameskip-v4` or `ALE/Breakout-v5` -> `Breakout`."""
+    return env_id.removeprefix("ALE/").split("NoFrameskip")[0].split("-v")[0]
+
+
+def human_normalized(env_id: str, score: float) -> float:
+    """(score - random) / (human - random): 0 plays like random, 1 like the human tester."""
+    random, human = RANDOM_HUMAN[game_name(env_id)]
+    return (score - random) / (human - random)
+
+
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean: the mean of the scores left after cutting floor(n/4) from each end
+    (scipy.stats.trim_mean(x, 0.25) over all of them, as rliable; n < 4 cuts nothing)."""
+    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    cut = len(x) // 4
+    return float(x[cut : len(x) - cut].mean())
+
+
+def stratified_bootstrap_iqm(per_game: list[np.ndarray], reps: int, rng: np.random.Generator, confidence: float = 0.95):
+    """IQM of all runs and its percentile confidence interval. Each replicate draws, for every
+    game, as many runs as it has, with replacement from that game's runs only (the games are
+    the strata), pools them and takes the IQM."""
+    pooled = np.concatenate(per_game)
+    draws = np.concatenate([runs[rng.integers(0, len(runs), size=(reps, len(runs)))] for runs in per_game], axis=1)
+    draws.sort(axis=1)
+    cut = draws.shape[1] // 4
+    replicates = draws[:, cut : draws.shape[1] - cut].mean(axis=1)
+    low, high = np.percentile(replicates, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return iqm(pooled), float(low), float(high)
+
+
 def collect(description: str, results: Path, frames: int | None, games, seeds, variants):
     """{(variant, game): [(frames, returns) per seed]} for the planned runs, and the planned frames."""
     runs = plan(description, results, frames, games, seeds, variants, [])
@@ -85,6 +134,32 @@ def table(data: dict, last: int) -> str:
             done = [x for x in per_seed if not np.isnan(x)]
             cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if done else "–")
         lines.append(f"| {game} ({min(reached):,}) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def aggregate(data: dict, last: int, reps: int, seed: int = 0) -> str:
+    """The rliable-style table: per variant, the IQM of the human-normalized final returns of
+    all its runs over all games with a 95% stratified-bootstrap CI."""
+    variants = list(dict.fromkeys(v for v, _ in data))
+    games = list(dict.fromkeys(g for _, g in data))
+    unknown = [g for g in games if game_name(g) not in RANDOM_HUMAN]
+    games = [g for g in games if g not in unknown]
+    lines = ["| variant | IQM (human-normalized) | 95% CI | runs |", "|---|---:|---|---:|"]
+    for variant in variants:
+        per_game = []
+        for game in games:
+            finals = np.array([final_return(ret, last) for _, ret, _ in data[(variant, game)]])
+            finals = finals[~np.isnan(finals)]
+            if len(finals):
+                per_game.append(np.array([human_normalized(game, x) for x in finals]))
+        if not per_game:
+            lines.append(f"| {variant} | – | – | 0 |")
+            continue
+        point, low, high = stratified_bootstrap_iqm(per_game, reps, np.random.default_rng(seed))
+        runs = sum(len(x) for x in per_game)
+        lines.append(f"| {variant} | {point:.3f} | [{low:.3f}, {high:.3f}] | {runs} ({len(per_game)} game{'s' * (len(per_game) > 1)}) |")
+    if unknown:
+        lines.append(f"(left out, no reference scores: {', '.join(unknown)})")
     return "\n".join(lines)
 
 
@@ -137,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="PNG path (default docs/figures/{figure}.png)")
     parser.add_argument("--bins", type=int, default=50, help="frame intervals of the curves")
     parser.add_argument("--last", type=int, default=100, help="games per seed in the final-return table")
+    parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replicates of the IQM's confidence interval")
     opts = parser.parse_args(argv)
 
     from run import load
@@ -147,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"figure: {out}")
     print(f"final return: mean ± std over seeds of each seed's last {opts.last} games")
     print(table(data, opts.last))
+    print(f"aggregate over games: IQM of every run's human-normalized final return, 95% stratified-bootstrap CI ({opts.reps:,} replicates)")
+    print(aggregate(data, opts.last, opts.reps))
     return 0
 
 

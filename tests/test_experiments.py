@@ -66,14 +66,16 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
     assert plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "fig.png"), "--last", "3"]) == 0
     assert (tmp_path / "fig.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
-    # the table, recomputed here from the logs: mean +- std over seeds of each seed's last 3 games
-    for variant in ("A2C_1-step", "A2C_proper"):
+    # the tables, recomputed here from the logs: mean +- std over seeds of each seed's last 3 games,
+    # and the aggregate, which with 2 runs cuts nothing: the mean of the human-normalized finals
+    for variant, name in (("A2C_1-step", "A2C (1-step)"), ("A2C_proper", "A2C (proper)")):
         finals = []
         for seed in (1, 2):
             d = tmp_path / "res" / "tiny" / variant / "BreakoutNoFrameskip-v4" / f"seed{seed}"
             returns = [v for _, v in read_scalars(next(p.parent for p in d.rglob("events.out.tfevents.*")))["charts/episodic_return"]]
             finals.append(np.mean(returns[-3:]))
         assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
+        assert f"| {name} | {np.mean((np.array(finals) - 1.7) / (30.5 - 1.7)):.3f} | [" in printed
     assert "| BreakoutNoFrameskip-v4 (8,000) |" in printed  # the shortest seed reached 8,000 frames
 
 
@@ -84,6 +86,20 @@ def test_binned_curve_and_final_return():
     assert np.array_equal(curve, [np.nan, 2.0, 2.0, 5.0, np.nan], equal_nan=True)
     assert plot.final_return(np.array([1.0, 2.0, 3.0, 10.0]), last=2) == 6.5
     assert np.isnan(plot.final_return(np.array([]), last=100))
+
+
+def test_iqm_and_its_stratified_bootstrap():
+    assert plot.iqm(np.arange(1.0, 9.0)) == 4.5  # 8 scores: 2 cut from each end, mean of 3..6
+    assert plot.iqm(np.array([0.0, 1.0, 100.0])) == pytest.approx(101 / 3)  # under 4 scores nothing is cut
+    assert plot.iqm(np.array([-50.0, 1.0, 2.0, 3.0, 4.0, 1e6])) == 2.5  # outliers at both ends drop out
+    # Stratified: every replicate holds the 4 runs of game A (all 0) and 2 draws from game B
+    # ({10, 20}); the IQM of [0, 0, 0, 0, b1, b2] cutting 1 from each end is min(b1, b2) / 4, so
+    # 2.5 or 5 (P = 3/4, 1/4) and never 0, which an unstratified bootstrap could draw.
+    point, low, high = plot.stratified_bootstrap_iqm([np.zeros(4), np.array([10.0, 20.0])], 4000, np.random.default_rng(0))
+    assert (point, low, high) == (2.5, 2.5, 5.0)
+    assert plot.human_normalized("BreakoutNoFrameskip-v4", 1.7) == 0 and plot.human_normalized("ALE/Pong-v5", 14.6) == 1
+    descriptions = [runner.load(str(p)) for p in (ROOT / "experiments").glob("*.toml")]
+    assert {plot.game_name(g) for d in descriptions for g in d["games"]} <= set(plot.RANDOM_HUMAN)  # every game we run
 
 
 def test_slurm_submission_through_submitit(tmp_path):
