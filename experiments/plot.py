@@ -185,7 +185,7 @@ def draw(data: dict, title: str, out: Path, bins: int) -> None:
             with warnings.catch_warnings():  # bins before a seed's first game are NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
-            line = ax.plot(centers, mean, label=f"{variant} ({len(curves)} seeds)")[0]
+            line = ax.plot(centers, mean, label=f"{variant} ({len(curves)} seed{'s' * (len(curves) > 1)})")[0]
             ax.fill_between(centers, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(game.replace("NoFrameskip-v4", ""))
         ax.set_xlabel("frames")
