@@ -81,13 +81,24 @@ def final_return(returns: np.ndarray, last: int) -> float:
     return float(np.mean(returns[-last:])) if len(returns) else float("nan")
 
 
+def seed_finals(seeds: list, last: int) -> np.ndarray:
+    """`final_return` of each seed's run in `seeds` (a `collect` entry), leaving out runs with no game yet."""
+    finals = np.array([final_return(returns, last) for _, returns, _ in seeds])
+    return finals[~np.isnan(finals)]
+
+
+def variants_and_games(data: dict) -> tuple[list[str], list[str]]:
+    """The variants and the games of `collect`'s data, in the description's order."""
+    return list(dict.fromkeys(v for v, _ in data)), list(dict.fromkeys(g for _, g in data))
+
+
 def game_name(env_id: str) -> str:
     """`BreakoutNoFrameskip-v4` or `ALE/Breakout-v5` -> `Breakout`."""
     return env_id.removeprefix("ALE/").split("NoFrameskip")[0].split("-v")[0]
 
 
-def human_normalized(env_id: str, score: float) -> float:
-    """(score - random) / (human - random): 0 plays like random, 1 like the human tester."""
+def human_normalized(env_id: str, score):
+    """(score - random) / (human - random) of a score or an array of them: 0 plays like random, 1 like the human tester."""
     random, human = RANDOM_HUMAN[game_name(env_id)]
     return (score - random) / (human - random)
 
@@ -123,16 +134,14 @@ def collect(description: str, results: Path, frames: int | None, games, seeds, v
 
 
 def table(data: dict, last: int) -> str:
-    variants = list(dict.fromkeys(v for v, _ in data))
-    games = list(dict.fromkeys(g for _, g in data))
+    variants, games = variants_and_games(data)
     lines = [f"| game (frames reached) | {' | '.join(variants)} |", "|---|" + "---:|" * len(variants)]
     for game in games:
         cells, reached = [], []
         for variant in variants:
-            per_seed = [final_return(ret, last) for _, ret, _ in data[(variant, game)]]
+            done = seed_finals(data[(variant, game)], last)
             reached += [frames for _, _, frames in data[(variant, game)]]
-            done = [x for x in per_seed if not np.isnan(x)]
-            cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if done else "–")
+            cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if len(done) else "–")
         lines.append(f"| {game} ({min(reached):,}) | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -140,18 +149,13 @@ def table(data: dict, last: int) -> str:
 def aggregate(data: dict, last: int, reps: int, seed: int = 0) -> str:
     """The rliable-style table: per variant, the IQM of the human-normalized final returns of
     all its runs over all games with a 95% stratified-bootstrap CI."""
-    variants = list(dict.fromkeys(v for v, _ in data))
-    games = list(dict.fromkeys(g for _, g in data))
+    variants, games = variants_and_games(data)
     unknown = [g for g in games if game_name(g) not in RANDOM_HUMAN]
     games = [g for g in games if g not in unknown]
     lines = ["| variant | IQM (human-normalized) | 95% CI | runs |", "|---|---:|---|---:|"]
     for variant in variants:
-        per_game = []
-        for game in games:
-            finals = np.array([final_return(ret, last) for _, ret, _ in data[(variant, game)]])
-            finals = finals[~np.isnan(finals)]
-            if len(finals):
-                per_game.append(np.array([human_normalized(game, x) for x in finals]))
+        per_game = [human_normalized(game, seed_finals(data[(variant, game)], last)) for game in games]
+        per_game = [runs for runs in per_game if len(runs)]
         if not per_game:
             lines.append(f"| {variant} | – | – | 0 |")
             continue
@@ -169,8 +173,7 @@ def draw(data: dict, title: str, out: Path, bins: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = list(dict.fromkeys(v for v, _ in data))
-    games = list(dict.fromkeys(g for _, g in data))
+    variants, games = variants_and_games(data)
     end = max((frames for seeds in data.values() for _, _, frames in seeds), default=1)
     edges = np.linspace(0, end, bins + 1)
     centers = (edges[:-1] + edges[1:]) / 2

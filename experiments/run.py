@@ -67,14 +67,15 @@ class Run:
         return "resume" if self.checkpoint() else "new"
 
     def command(self, checkpoint_every: int) -> list[str]:
-        steps = str(self.frames // FRAMES_PER_STEP)
+        """The script's command line: a new run with its options, or its checkpoint resumed (with
+        the checkpoint's options), both up to `frames`."""
         checkpoint = self.checkpoint()
         if checkpoint:
-            rel = str(checkpoint.relative_to(self.directory))
-            return [sys.executable, str(ROOT / self.script), "--resume", rel, "--total-timesteps", steps,
-                    "--checkpoint-every", str(checkpoint_every)]  # fmt: skip
-        return [sys.executable, str(ROOT / self.script), *self.options, "--env-id", self.game, "--seed", str(self.seed),
-                "--total-timesteps", steps, "--checkpoint-every", str(checkpoint_every)]  # fmt: skip
+            what = ["--resume", str(checkpoint.relative_to(self.directory))]
+        else:
+            what = [*self.options, "--env-id", self.game, "--seed", str(self.seed)]
+        steps = str(self.frames // FRAMES_PER_STEP)
+        return [sys.executable, str(ROOT / self.script), *what, "--total-timesteps", steps, "--checkpoint-every", str(checkpoint_every)]
 
 
 def slug(text: str) -> str:
