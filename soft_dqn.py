@@ -1,30 +1,30 @@
 """Soft DQN on Atari: standard, soft-KL and soft-entropy backups, 1- or n-step.
 
-Reference implementation of Section 3.5 and the DQN experiment of Section 6.2 of
-"Equivalence Between Policy Gradients and Soft Q-Learning" (Schulman, Chen, Abbeel 2017).
-Everything is Nature DQN (CleanRL's dqn_atari hyperparameters, epsilon-greedy exploration in
-every condition) except the value that the target bootstraps from:
+Section 3.5 and the DQN experiment of Section 6.2 of "Equivalence Between Policy Gradients and
+Soft Q-Learning" (Schulman, Chen, Abbeel 2017). Nature DQN (CleanRL's dqn_atari hyperparameters,
+epsilon-greedy exploration in every condition) except for the value the target bootstraps from:
 
-    standard (--tau 0):                  y = r + gamma * max_a' Qtarget(s', a')                (eq. 81)
+    standard (--tau 0):                  y = r + gamma * max_a' Qtarget(s', a')                          (eq. 81)
     soft, KL penalty (--regularizer kl): y = r + gamma * tau*(logsumexp_a' Qtarget(s',a')/tau - log|A|)  (eq. 82)
-    soft, entropy bonus (default):       y = r + gamma * tau* logsumexp_a' Qtarget(s',a')/tau  (eq. 83)
+    soft, entropy bonus (default):       y = r + gamma * tau* logsumexp_a' Qtarget(s',a')/tau            (eq. 83)
 
 i.e. V_Q of eq. 39 with a uniform reference policy (the paper prints eqs. 82-83 without the
-leading tau; see ../shared/paper/NOTES.md). With --n-step N the target is eq. 46: the rewards
-of the intermediate states s_{t+1..t+N-1} are augmented with the Boltzmann policy's
--tau*KL (or +tau*H), taken when the transition was collected.
+leading tau). With --n-step N the target is eq. 46: the rewards of s_{t+1..t+N-1} are augmented
+with the Boltzmann policy's -tau*KL (or +tau*H), taken when the transition was collected.
+The equations and the paper's typos: docs/paper.md.
 
 Run:
     python soft_dqn.py --tau 0.1                        # soft (entropy-bonus) DQN on Breakout
     python soft_dqn.py --tau 0                          # standard DQN
     python soft_dqn.py --tau 0.1 --regularizer kl       # soft, KL penalty against uniform
     python soft_dqn.py --tau 0 --n-step 5 --env-id PongNoFrameskip-v4
-    python soft_dqn.py --tau 0.1 --compile --cudagraphs --buffer-device cuda   # on a GPU: same math, faster
+    python soft_dqn.py --resume runs/<run>/checkpoint.pt --total-timesteps 20000000   # go on, or further
     tensorboard --logdir runs
 """
 
-import contextlib
-import io
+import argparse
+import collections
+import datetime
 import math
 import os
 import random
@@ -102,197 +102,39 @@ class Args:
 
     # Speed (none of these changes the math)
     compile: bool = False
-    """torch.compile the update (loss, backward, Adam step) and the acting forward pass"""
+    """torch.compile the update (forward, loss and backward; not the Adam step) and the acting forward pass"""
     cudagraphs: bool = False
     """with --compile on CUDA: also capture both as CUDA graphs (torch.compile mode `reduce-overhead`)"""
-    buffer_device: Literal["cpu", "cuda"] = "cpu"
-    """where the replay memory lives; `cuda` keeps it on the GPU (1M transitions: 7.1 GB) so a sampled batch is never copied from the host"""
 
     # Long runs
     checkpoint_every: int = 0
-    """write `runs/{run_name}/checkpoint.pt` every this many agent steps (like --total-timesteps) and at the end; 0: only on SIGINT/SIGTERM"""
+    """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     checkpoint_replay: bool = False
     """also save the replay memory in each checkpoint (1M transitions: 7.1 GB); without it a resumed run refills it first"""
     resume: Optional[str] = None
     """continue the run saved in this checkpoint, with its options (--total-timesteps and --checkpoint-every may change)"""
 
-
-def parse_args() -> Args:
-    """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        return tyro.cli(Args)
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            args = tyro.cli(Args)
-    except SystemExit:
-        body = []  # the message: the text between the title's rule and the next rule
-        for line in captured.getvalue().splitlines()[1:]:
-            text = line.strip().strip("\u2502").strip()
-            if text and set(text) <= {"-", "\u2500"}:
-                if body:
-                    break
-            elif text:
-                body.append(text)
-        sys.exit(f"{os.path.basename(__file__)}: error: {' '.join(body) or 'invalid arguments'} (see --help)")
-    check_args(args)
-    return args
-
-
-def check_args(args: Args) -> None:
-    """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
-    if args.resume is not None:  # the options come from the checkpoint; `resumed` checks them
-        if not os.path.isfile(args.resume):
-            sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: no such checkpoint file")
-        return
-    problems = []
-    if not 0 <= args.seed < 2**31 - 2**16:  # ale-py seeds env i with seed + i, a C int
-        problems.append(f"--seed must be in [0, 2**31 - 2**16), got {args.seed}")
-    try:
-        ale_game_name(args.env_id)
-    except ValueError as e:
-        problems.append(str(e))
-    if not (args.tau >= 0 and math.isfinite(args.tau)):
-        problems.append(f"--tau must be a finite number >= 0 (0 is the standard max backup), got {args.tau}")
-    if args.n_step < 1:
-        problems.append(f"--n-step must be >= 1, got {args.n_step}")
-    if args.num_envs < 1:
-        problems.append(f"--num-envs must be >= 1, got {args.num_envs}")
-    if args.batch_size < 1:
-        problems.append(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.batch_size > args.buffer_size:
-        problems.append(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    if args.num_envs >= 1 and args.buffer_size // args.num_envs < args.n_step + 8:
-        problems.append(
-            f"--buffer-size {args.buffer_size} leaves {args.buffer_size // args.num_envs} slots per env "
-            f"for {args.num_envs} envs; each env needs more than --n-step + 8 = {args.n_step + 8}"
-        )
-    if args.learning_starts < args.batch_size:
-        problems.append(f"--learning-starts {args.learning_starts} is below --batch-size {args.batch_size}")
-    if args.num_envs >= 1 and args.learning_starts < args.num_envs * (args.n_step + 4):
-        problems.append(
-            f"--learning-starts {args.learning_starts} leaves no complete {args.n_step}-step transition "
-            f"per env to sample; it must be >= num-envs * (n-step + 4) = {args.num_envs * (args.n_step + 4)}"
-        )
-    if args.learning_starts >= args.total_timesteps:
-        problems.append(
-            f"--learning-starts {args.learning_starts} >= --total-timesteps {args.total_timesteps}: no update would run"
-        )
-    if not 0 <= args.gamma <= 1:
-        problems.append(f"--gamma must be in [0, 1], got {args.gamma}")
-    if args.train_frequency < 1 or args.target_network_frequency < 1:
-        problems.append("--train-frequency and --target-network-frequency must be >= 1")
-    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
-        problems.append(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
-    if not 0 <= args.end_e <= args.start_e <= 1:
-        problems.append(f"need 0 <= --end-e <= --start-e <= 1, got end-e {args.end_e}, start-e {args.start_e}")
-    if not 0 < args.exploration_fraction <= 1:
-        problems.append(f"--exploration-fraction must be in (0, 1], got {args.exploration_fraction}")
-    if args.eval_episodes < 1:
-        problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
-    if args.checkpoint_every < 0:
-        problems.append(f"--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM), got {args.checkpoint_every}")
-    if args.cudagraphs and not args.compile:
-        problems.append("--cudagraphs needs --compile (the graphs are captured by torch.compile)")
-    cuda = args.cuda and torch.cuda.is_available()
-    if args.cudagraphs and not cuda:
-        problems.append("--cudagraphs needs a CUDA device (none is available, or --no-cuda was given)")
-    if args.buffer_device == "cuda" and not cuda:
-        problems.append("--buffer-device cuda needs a CUDA device (none is available, or --no-cuda was given)")
-    if problems:
-        sys.exit(f"{os.path.basename(__file__)}: error: " + "; ".join(problems))
-
-
-# ----------------------------------------------------------------------------------------------
-# Environment: ale-py's C++ vector env with the DQN-Nature preprocessing built in.
-# ----------------------------------------------------------------------------------------------
-
-
-def ale_game_name(env_id: str) -> str:
-    """`BreakoutNoFrameskip-v4` / `ALE/Breakout-v5` / `breakout` -> ale-py's ROM id `breakout`."""
-    from ale_py import roms
-
-    name = env_id.split("/")[-1]
-    name = re.sub(r"(NoFrameskip)?-v\d+$", "", name)
-    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-    if name not in roms.get_all_rom_ids():
-        raise ValueError(
-            f"unknown game {env_id!r} (no ale-py ROM {name!r}); "
-            "use an id like BreakoutNoFrameskip-v4 or ALE/Pong-v5"
-        )
-    return name
-
-
-def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
-    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
-    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
-
-    Rewards come back raw (unclipped) so real game scores can be logged; clip for training.
-    Autoreset is SameStep: each step is a real transition; when a game ends the returned
-    observation already starts the next game ([0, 0, 0, first frame]) and the last
-    observation of the ended game is in info["final_obs"].
-
-    With `life_loss_terminal`, losing a life sets `terminated` while the game goes on (the
-    step after it continues the same game); that is DQN's EpisodicLifeEnv. ale-py's own
-    `episodic_life=True` instead restarts the whole game at every life loss, which is not
-    what DQN did, so it stays off. `game_restarted` tells the two kinds of `terminated` apart.
-    """
-    from ale_py.vector_env import AtariVectorEnv
-
-    return AtariVectorEnv(
-        game=ale_game_name(env_id),
-        num_envs=num_envs,
-        autoreset_mode="SameStep",
-        episodic_life=False,
-        life_loss_info=life_loss_terminal,
-        reward_clipping=False,
-        repeat_action_probability=0.0,
-        max_num_frames_per_episode=max_episode_frames,
-    )
-
-
-def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
-    """Which envs started a new game in this step (SameStep autoreset; `info` already
-    describes the new game there).
-
-    A truncation always restarts. A `terminated` is a game over, not a life loss, when the
-    game's frame counter went back (it only grows within a game) or the lives counter did
-    not drop (a life loss always drops it; a new game starts with full lives). Each signal
-    alone has a blind spot (a game shorter than the no-op reset; a game ending with bonus
-    lives); neither ever fires on a life loss.
-    """
-    frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
-    lives_kept = info["lives"] >= prev_info["lives"]
-    return truncated | (terminated & (frame_went_back | lives_kept))
-
-
-# ----------------------------------------------------------------------------------------------
-# Network
-# ----------------------------------------------------------------------------------------------
-
-
-class QNetwork(nn.Module):
-    """Nature DQN: uint8 frames (N, 4, 84, 84) -> Q(s, .) (N, |A|)."""
-
-    def __init__(self, num_actions: int):
-        super().__init__()
-        self.network = nn.Sequential(
-            nn.Conv2d(4, 32, 8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(3136, 512),
-            nn.ReLU(),
-            nn.Linear(512, num_actions),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) input: oneDNN's conv backward is ~30% faster on CPU; same math.
-        # The layout is changed while the frames are still uint8 (a quarter of the bytes).
-        return self.network(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
+    def __post_init__(self):
+        """Reject what would fail late or silently (tyro prints the message and exits 2)."""
+        ale_game_name(self.env_id)
+        slots, sample_from = self.buffer_size // max(self.num_envs, 1), max(self.batch_size, self.num_envs * (self.n_step + 4))
+        require(
+            (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
+            (self.tau >= 0 and math.isfinite(self.tau), f"--tau must be a finite number >= 0 (0: max backup), got {self.tau}"),
+            (self.n_step >= 1 and self.num_envs >= 1, "--n-step and --num-envs must be >= 1"),
+            (self.batch_size <= self.buffer_size, f"--batch-size {self.batch_size} is larger than --buffer-size"),
+            (slots > self.n_step + 8, f"--buffer-size leaves {slots} slots per env; each needs more than --n-step + 8"),
+            (self.learning_starts >= sample_from, f"--learning-starts must be >= {sample_from} to sample a whole batch"),
+            (self.learning_starts < self.total_timesteps, "--learning-starts must be below --total-timesteps"),
+            (0 <= self.gamma <= 1, f"--gamma must be in [0, 1], got {self.gamma}"),
+            (min(self.train_frequency, self.target_network_frequency) >= 1, "--*-frequency must be >= 1"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be a finite number > 0"),
+            (0 <= self.end_e <= self.start_e <= 1, "need 0 <= --end-e <= --start-e <= 1"),
+            (0 < self.exploration_fraction <= 1, "--exploration-fraction must be in (0, 1]"),
+            (self.eval_episodes >= 1 and self.checkpoint_every >= 0, "--eval-episodes must be >= 1, --checkpoint-every >= 0"),
+            (not self.cudagraphs or self.compile, "--cudagraphs needs --compile"),
+            (not self.cudagraphs or (self.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,8 +216,32 @@ def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> floa
 
 
 # ----------------------------------------------------------------------------------------------
-# Replay: each 84x84 frame stored once; stacks rebuilt at sample time
+# Network, replay memory (each 84x84 frame stored once; stacks rebuilt at sample time), evaluation
 # ----------------------------------------------------------------------------------------------
+
+
+class QNetwork(nn.Module):
+    """Nature DQN: uint8 frames (N, 4, 84, 84) -> Q(s, .) (N, |A|)."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Conv2d(4, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3136, 512),
+            nn.ReLU(),
+            nn.Linear(512, num_actions),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last (NHWC) input: oneDNN's conv backward is ~30% faster on CPU; same math.
+        # The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        return self.network(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
 
 
 class ReplaySample(NamedTuple):
@@ -401,24 +267,20 @@ class FrameReplayBuffer:
     slot starts the new game. 1M slots take 1M * 84*84 bytes = 7.06 GB of frames + 13 MB.
     """
 
-    def __init__(self, buffer_size: int, num_envs: int, n_step: int, frame_shape=(84, 84), stack: int = 4, device="cpu"):
-        self.num_envs, self.n_step, self.stack, self.device = num_envs, n_step, stack, torch.device(device)
+    def __init__(self, buffer_size: int, num_envs: int, n_step: int, frame_shape=(84, 84), stack: int = 4):
+        self.num_envs, self.n_step, self.stack = num_envs, n_step, stack
         self.capacity = buffer_size // num_envs  # slots per env
         # Slot k of env e is row e * capacity + k of each (flat) array: a batch is gathered
-        # with one index_select per array (5x faster than 2-D advanced indexing on CPU).
-        shape, on = (num_envs * self.capacity,), dict(device=self.device)
-        self.frames = torch.zeros(shape + tuple(frame_shape), dtype=torch.uint8, **on)
-        self.actions = torch.zeros(shape, dtype=torch.uint8, **on)  # Atari has at most 18 actions
-        self.rewards = torch.zeros(shape, dtype=torch.float32, **on)
-        self.bonuses = torch.zeros(shape, dtype=torch.float32, **on)
-        self.terminated = torch.zeros(shape, dtype=torch.bool, **on)
-        self.truncated = torch.zeros(shape, dtype=torch.bool, **on)
-        self.first = torch.zeros(shape, dtype=torch.bool, **on)  # slot opens a game
-        # False for a game's final-observation slot (no action). Read on the host when sampling.
-        self.acted = np.zeros(shape, dtype=bool)
+        # with one index_select per array (faster than 2-D advanced indexing).
+        n = num_envs * self.capacity
+        self.frames = torch.zeros((n, *frame_shape), dtype=torch.uint8)
+        self.actions = torch.zeros(n, dtype=torch.uint8)  # Atari has at most 18 actions
+        self.rewards, self.bonuses = torch.zeros(n), torch.zeros(n)
+        self.terminated, self.truncated = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        self.first = torch.zeros(n, dtype=torch.bool)  # slot opens a game
+        self.acted = np.zeros(n, dtype=bool)  # False for a game's final-observation slot (no action)
         self.count = np.zeros(num_envs, dtype=np.int64)  # slots written per env, ever
         self._next_first = np.ones(num_envs, dtype=bool)
-        self._all_envs = np.arange(num_envs)
 
     def _rows(self, env: np.ndarray, slot: np.ndarray) -> np.ndarray:
         """Flat rows of absolute slots `slot` in rings `env` (any matching shapes)."""
@@ -426,21 +288,17 @@ class FrameReplayBuffer:
 
     def _write(self, envs: np.ndarray, frames, actions, rewards, bonuses, terminated, truncated, first, acted):
         rows = self._rows(envs, self.count[envs])
-        on = torch.from_numpy(rows).to(self.device)
-        self.frames[on] = torch.as_tensor(frames).to(self.device)
-        self.actions[on] = torch.as_tensor(actions, dtype=torch.uint8).to(self.device)
-        self.rewards[on] = torch.as_tensor(rewards, dtype=torch.float32).to(self.device)
-        self.bonuses[on] = torch.as_tensor(bonuses, dtype=torch.float32).to(self.device)
-        self.terminated[on] = torch.as_tensor(terminated).to(self.device)
-        self.truncated[on] = torch.as_tensor(truncated).to(self.device)
-        self.first[on] = torch.as_tensor(first).to(self.device)
+        fields = (self.frames, self.actions, self.rewards, self.bonuses, self.terminated, self.truncated, self.first)
+        for field, value in zip(fields, (frames, actions, rewards, bonuses, terminated, truncated, first)):
+            field[rows] = torch.as_tensor(np.asarray(value)).to(field.dtype)
         self.acted[rows] = acted
         self.count[envs] += 1
 
     def add(self, obs, actions, rewards, bonuses, terminated, truncated, restarted, final_obs=None):
         """Store one vector step: s_t (`obs`), a_t, r_t, bonus(s_t) and the step's end flags;
         for envs that `restarted` a game, also the ended game's last observation."""
-        self._write(self._all_envs, obs[:, -1], actions, rewards, bonuses, terminated, truncated, self._next_first, True)
+        every = np.arange(self.num_envs)
+        self._write(every, obs[:, -1], actions, rewards, bonuses, terminated, truncated, self._next_first, True)
         ended = np.flatnonzero(restarted)
         if len(ended):
             no = np.zeros(len(ended), dtype=bool)
@@ -448,13 +306,13 @@ class FrameReplayBuffer:
         self._next_first = np.asarray(restarted, dtype=bool).copy()
 
     def stacks(self, env: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Observation stacks (B, 4, 84, 84) of absolute slots `slot` in rings `env` (on the buffer's device)."""
-        slots = slot[:, None] + torch.arange(-self.stack + 1, 1, device=slot.device)
+        """Observation stacks (B, 4, 84, 84) of absolute slots `slot` in rings `env`."""
+        slots = slot[:, None] + torch.arange(-self.stack + 1, 1)
         rows = env[:, None] * self.capacity + slots % self.capacity
         frames = self.frames.index_select(0, rows.flatten()).view(*rows.shape, *self.frames.shape[1:])
         # frame k-j belongs to the stack iff none of slots k-j+1..k opens a game
         opens = self.first[rows[:, 1:]]
-        keep = torch.ones(rows.shape, dtype=torch.bool, device=rows.device)
+        keep = torch.ones(rows.shape, dtype=torch.bool)
         keep[:, :-1] = (~opens).flip(1).to(torch.uint8).cumprod(1).flip(1).bool()
         return frames.mul_(keep[:, :, None, None])
 
@@ -464,7 +322,7 @@ class FrameReplayBuffer:
         it to bootstrap from (as at the time limit), and the next slot opens a game."""
         going = np.flatnonzero(~self._next_first)  # envs whose current game has a stored transition
         if len(going):
-            self.truncated[torch.from_numpy(self._rows(going, self.count[going] - 1)).to(self.device)] = True
+            self.truncated[self._rows(going, self.count[going] - 1)] = True
             no = np.zeros(len(going), dtype=bool)
             self._write(going, obs[going, -1], np.zeros(len(going)), no, no, no, no, no, False)
         self._next_first[:] = True
@@ -474,7 +332,7 @@ class FrameReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in state.items():
-            getattr(self, name)[...] = value.to(self.device) if isinstance(value, torch.Tensor) else value
+            getattr(self, name)[...] = value
 
     def sampleable(self) -> tuple[np.ndarray, np.ndarray]:
         """Per env, the inclusive range [lo, hi] of slots whose stack and n-step window are stored."""
@@ -498,44 +356,154 @@ class FrameReplayBuffer:
             env[todo] = e
             slot[todo] = lo[e] + u - (cum[e] - sizes[e])
             todo = todo[~self.acted[self._rows(env[todo], slot[todo])]]
-        window = self._rows(env[:, None], slot[:, None] + np.arange(self.n_step))
-        env_t, slot_t = (torch.from_numpy(x).to(self.device) for x in (env, slot))
-        window_t = torch.from_numpy(window).to(self.device)
-        return ReplaySample(
-            env=env_t,
-            slot=slot_t,
-            obs=self.stacks(env_t, slot_t),
-            actions=self.actions[window_t[:, 0]].long(),
-            rewards=self.rewards[window_t],
-            bonuses=self.bonuses[window_t],
-            terminated=self.terminated[window_t],
-            truncated=self.truncated[window_t],
-        )
+        window = torch.from_numpy(self._rows(env[:, None], slot[:, None] + np.arange(self.n_step)))
+        env, slot = torch.from_numpy(env), torch.from_numpy(slot)
+        obs, actions = self.stacks(env, slot), self.actions[window[:, 0]].long()
+        ends = self.rewards[window], self.bonuses[window], self.terminated[window], self.truncated[window]
+        return ReplaySample(env, slot, obs, actions, *ends)
+
+
+def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, device: torch.device, seed: int,
+             video_path: Optional[str] = None, epsilon: float = 0.05) -> list[float]:  # fmt: skip
+    """Play `eval_episodes` full games (all lives) epsilon-greedily with the saved model; return
+    their raw scores. Each env plays a fixed quota of games, so short games are not over-represented."""
+    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
+    model = QNetwork(envs.single_action_space.n).to(device)
+    model.load_state_dict(torch.load(model_path, map_location=device))
+    rng, n = np.random.default_rng(seed), envs.num_envs
+    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
+    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
+    obs, _ = envs.reset(seed=seed)
+    while any(len(r) < q for r, q in zip(returns, quota)):
+        with torch.no_grad():
+            greedy = model(torch.from_numpy(obs).to(device)).argmax(dim=1).cpu().numpy()
+        actions = np.where(rng.random(n) < epsilon, rng.integers(0, envs.single_action_space.n, n), greedy)
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
 
 
 # ----------------------------------------------------------------------------------------------
-# Long runs: checkpoints, resume, stop signals
+# identical in all four scripts: tests/test_copies.py. Environment, command line and resume,
+# logging, checkpoints, stop signals, progress, videos: plumbing, not the paper.
 # ----------------------------------------------------------------------------------------------
 
 
-def resumed(args: Args) -> tuple[Args, Optional[dict]]:
-    """With --resume PATH: the run's saved options and its checkpoint. Only --total-timesteps
-    and --checkpoint-every, when given on the command line, override the saved ones (to extend
-    a run). Without --resume: (args, None)."""
-    if args.resume is None:
-        return args, None
+def require(*checks: tuple[bool, str]) -> None:
+    """Raise ValueError with the message of every failed (ok, message) check; tyro shows it,
+    naming the option, and exits with status 2 before anything is built."""
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise ValueError("; ".join(failed))
+
+
+def ale_game_name(env_id: str) -> str:
+    """`BreakoutNoFrameskip-v4` / `ALE/Breakout-v5` / `breakout` -> ale-py's ROM id `breakout`."""
+    from ale_py import roms
+
+    name = re.sub(r"(NoFrameskip)?-v\d+$", "", env_id.split("/")[-1])
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    if name not in roms.get_all_rom_ids():
+        raise ValueError(f"--env-id: unknown game {env_id!r} (no ale-py ROM {name!r}); use e.g. BreakoutNoFrameskip-v4")
+    return name
+
+
+def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
+    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
+    Rewards are raw (clip them for training; log real scores). Autoreset is SameStep: every step
+    is a real transition, and an ended game's last observation is in info["final_obs"]. With
+    `life_loss_terminal` a lost life sets `terminated` while the game goes on (DQN's
+    EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`.
+    """
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        game=ale_game_name(env_id),
+        num_envs=num_envs,
+        autoreset_mode="SameStep",
+        episodic_life=False,
+        life_loss_info=life_loss_terminal,
+        reward_clipping=False,
+        repeat_action_probability=0.0,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+
+
+def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
+    """Which envs started a new game in this step. A truncation always does; a `terminated` is a
+    game over, not a life loss, when the game's frame counter went back or the lives did not
+    drop (each signal alone has a blind spot: a game shorter than the no-op reset, bonus lives).
+    """
+    frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
+    lives_kept = info["lives"] >= prev_info["lives"]
+    return truncated | (terminated & (frame_went_back | lives_kept))
+
+
+# The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
+RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
+    """tyro.cli(Args), and the checkpoint with --resume PATH: its saved options are then tyro's
+    defaults, so the command line overrides them in any spelling tyro accepts."""
+    prog = os.path.basename(__file__)
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--resume")
+    path = peek.parse_known_args(argv)[0].resume
+    if path is None:
+        return tyro.cli(Args, args=argv), None
+    if not os.path.isfile(path):
+        sys.exit(f"{prog}: error: --resume {path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)  # our own file: trusted
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file: trusted
         saved = Args(**checkpoint["args"])
     except Exception as e:
-        sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: not a checkpoint of this script ({e})")
-    given = {a.split("=")[0] for a in sys.argv[1:]}
-    for name in ("total_timesteps", "checkpoint_every"):
-        if "--" + name.replace("_", "-") in given:
-            setattr(saved, name, getattr(args, name))
-    check_args(saved)
-    saved.resume = args.resume
-    return saved, checkpoint
+        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script ({e})")
+    args = tyro.cli(Args, args=argv, default=saved)
+    fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
+    if fixed:
+        sys.exit(f"{prog}: error: --resume {path}: {', '.join(fixed)} cannot change in a resumed run (it keeps its options)")
+    if args.total_timesteps <= checkpoint["global_step"]:
+        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps}: the checkpoint is at {checkpoint['global_step']}")
+    return args, checkpoint
+
+
+def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter, Optional[str]]:
+    """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
+    runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
+    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step)."""
+    if checkpoint:
+        run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = f"runs/{run_name}"
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            id=checkpoint["wandb_id"] if checkpoint else None,
+            resume="allow",
+            save_code=True,
+        )
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    if not checkpoint:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return run_name, run_dir, writer, wandb.run.id if args.track else None
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -549,7 +517,12 @@ def restart_seed(seed: int, global_step: int) -> int:
     """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
     checkpoint restarts the games, a seed derived from it and the step, the same in a run that
     goes on and in one resumed there."""
-    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)  # < 2**30
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
+
+
+def crossed(step: int, stride: int, every: int) -> bool:
+    """Whether the last `stride` steps up to `step` crossed a multiple of `every`."""
+    return step // every > (step - stride) // every
 
 
 class StopRequest:
@@ -568,50 +541,38 @@ class StopRequest:
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this update (again to stop now)", file=sys.stderr)
 
-
-# ----------------------------------------------------------------------------------------------
-# Progress, video, evaluation
-# ----------------------------------------------------------------------------------------------
+    def exit(self, global_step: int, checkpoint_path: str) -> None:
+        """Say where the run stopped and how to go on; exit with status 128 + signal number."""
+        name, go_on = signal.Signals(self.signum).name, f"python {os.path.basename(__file__)} --resume {checkpoint_path}"
+        print(f"{name} at global_step {global_step}: checkpoint written; continue with: {go_on}", file=sys.stderr)
+        sys.exit(128 + self.signum)
 
 
 class Progress:
-    """One status line (steps, SPS, recent game return, ETA): redrawn in place on a terminal,
-    printed as a plain line every 30 s when output goes to a file. SPS and ETA use the last
-    30 s window, not the run's average (a run's speed changes: DQN's warm-up is ~8x faster
-    than its training)."""
+    """Every 10 s, one plain line (the same on a terminal and in a log file): steps, SPS and
+    ETA over the last 10 s (a run's speed changes: DQN's warm-up is much faster than its
+    training), and the mean return of the last 20 games (`returns`, appended by the loop)."""
 
-    def __init__(self, total: int, start_step: int = 0):
-        self.total, self.tty = total, sys.stderr.isatty()
-        self.start = self.window_time = time.time()
-        self.start_step = self.window_step = start_step  # a resumed run starts at its checkpoint's step
-        self.window_sps = None
-        self.last_draw, self.returns = 0.0, []
+    def __init__(self, total: int, step: int, every: float = 10.0):
+        self.total, self.step, self.every, self.time = total, step, every, time.time()
+        self.returns = collections.deque(maxlen=20)
 
-    def update(self, step: int, force: bool = False):
+    def __call__(self, step: int) -> None:
         now = time.time()
-        if now - self.window_time >= 30.0:
-            self.window_sps = (step - self.window_step) / (now - self.window_time)
-            self.window_time, self.window_step = now, step
-        if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
-            return
-        self.last_draw = now
-        sps = self.window_sps if self.window_sps is not None else (step - self.start_step) / max(now - self.start, 1e-9)
-        eta = int((self.total - step) / max(sps, 1e-9))
-        ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
-        filled = int(20 * step / self.total)
-        line = (
-            f"[{'#' * filled}{'.' * (20 - filled)}] {step:,}/{self.total:,} steps | {sps:,.0f} SPS | "
-            f"return(last 20) {ret} | ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
-        )
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self, step: int):
-        self.update(step, force=True)
-        if self.tty:
-            print(file=sys.stderr)
+        if now - self.time >= self.every:
+            sps = (step - self.step) / (now - self.time)
+            eta = datetime.timedelta(seconds=round((self.total - step) / max(sps, 1e-9)))
+            ret = f"{np.mean(self.returns):.1f}" if self.returns else "-"
+            print(f"{step:,}/{self.total:,} steps | {sps:,.0f} SPS | return {ret} (last 20 games) | ETA {eta}", flush=True)
+            self.step, self.time = step, now
 
 
-def save_gif(frames: list, path: str, fps: int = 15):
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
+
+
+def save_gif(frames: list, path: str, fps: int = 15) -> None:
     """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
     from PIL import Image
 
@@ -620,80 +581,10 @@ def save_gif(frames: list, path: str, fps: int = 15):
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 
-def video_schedule(game_index: int) -> bool:
-    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
-    if game_index < 1000:
-        return round(game_index ** (1 / 3)) ** 3 == game_index
-    return game_index % 1000 == 0
-
-
-def evaluate(
-    model_path: str,
-    env_id: str,
-    eval_episodes: int,
-    num_envs: int,
-    device: torch.device,
-    epsilon: float = 0.05,
-    seed: int = 0,
-    video_path: Optional[str] = None,
-) -> list[float]:
-    """Play `eval_episodes` full games (all lives) epsilon-greedily; return their raw scores.
-    Each env plays a fixed quota of games, so short games are not over-represented."""
-    num_envs = min(num_envs, eval_episodes)
-    envs = make_env(env_id, num_envs, life_loss_terminal=False)
-    model = QNetwork(envs.single_action_space.n).to(device)
-    model.load_state_dict(torch.load(model_path, map_location=device))
-    model.eval()
-    rng = np.random.default_rng(seed)
-    quota = np.array([eval_episodes // num_envs + (e < eval_episodes % num_envs) for e in range(num_envs)])
-    returns: list[list[float]] = [[] for _ in range(num_envs)]
-    running = np.zeros(num_envs)
-    frames = []
-    obs, _ = envs.reset(seed=seed)
-    while any(len(r) < q for r, q in zip(returns, quota)):
-        with torch.no_grad():
-            greedy = model(torch.from_numpy(obs).to(device)).argmax(dim=1).cpu().numpy()
-        actions = np.where(rng.random(num_envs) < epsilon, rng.integers(0, envs.single_action_space.n, num_envs), greedy)
-        if video_path and not returns[0]:
-            frames.append(obs[0, -1].copy())
-        obs, reward, terminated, truncated, _ = envs.step(actions)
-        running += reward
-        for e in np.flatnonzero(terminated | truncated):
-            if len(returns[e]) < quota[e]:
-                returns[e].append(float(running[e]))
-            running[e] = 0.0
-    envs.close()
-    if video_path and frames:
-        save_gif(frames, video_path)
-    return [r for per_env in returns for r in per_env]
-
-
 if __name__ == "__main__":
-    args, checkpoint = resumed(parse_args())
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-            id=checkpoint["wandb_id"] if checkpoint else None,
-            resume="allow",
-        )
+    args, checkpoint = parse_args()
     stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
-    # A resumed run appends to its own directory; TensorBoard drops what the stopped run logged
-    # after its checkpoint (purge_step), so no step is logged twice.
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
-    if not checkpoint:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-        )
-
+    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -704,12 +595,11 @@ if __name__ == "__main__":
     envs = make_env(args.env_id, args.num_envs)
     num_actions = envs.single_action_space.n
     q_network = QNetwork(num_actions).to(device)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)  # one kernel, not per tensor
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)  # one kernel, not one per tensor
     target_network = QNetwork(num_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.n_step, device=args.buffer_device)
-    # The bonus of every stored state enters n-step targets (eq. 46): then Q is needed at every step.
-    bonus_needed = args.tau > 0 and args.n_step > 1
+    rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.n_step)
+    bonus_needed = args.tau > 0 and args.n_step > 1  # n-step targets use every stored state's bonus (eq. 46)
 
     def q_values(obs: torch.Tensor) -> torch.Tensor:
         """Q(s, .) for acting (and the soft bonus of eq. 46), without autograd."""
@@ -717,45 +607,39 @@ if __name__ == "__main__":
             return q_network(obs)
 
     def update(obs, next_obs, actions, returns, bootstrap_discount) -> tuple[torch.Tensor, torch.Tensor]:
-        """One gradient step on the TD error of the target (eqs. 81-83, 46); returns the loss
-        and Q(s, .) of the batch, detached."""
+        """The TD loss of the target (eqs. 81-83, 46) and its gradient; returns the loss and Q(s, .), detached."""
         with torch.no_grad():
             td_target = returns + bootstrap_discount * soft_value(target_network(next_obs), args.tau, args.regularizer)
         q_all = q_network(obs)
         loss = F.mse_loss(q_all.gather(1, actions[:, None]).squeeze(1), td_target)
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
         return loss.detach(), q_all.detach()
 
     if args.compile:
         q_values = torch.compile(q_values, mode="reduce-overhead" if args.cudagraphs else None)
         update = torch.compile(update, mode="reduce-overhead" if args.cudagraphs else None)
 
-    # Updates run from step `train_from` on, one per `train_frequency` steps after it, counted from `updates_before`.
+    # Updates run from step `train_from` on, one per `train_frequency` steps, counted from `updates_before`.
     global_step, num_updates, games_env0, video_frames = 0, 0, 0, []
     train_from, updates_before = args.learning_starts, 0
     if checkpoint:
         q_network.load_state_dict(checkpoint["q_network"])
         target_network.load_state_dict(checkpoint["target_network"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        rng.bit_generator.state = checkpoint["rng"]["generator"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        random.setstate(checkpoint["rng"]["python"])
+        rng.bit_generator.state = checkpoint["rng"]
         global_step, num_updates, games_env0 = checkpoint["global_step"], checkpoint["num_updates"], checkpoint["games_env0"]
-        if "replay" in checkpoint:
+        if checkpoint["replay"]:
             rb.load_state_dict(checkpoint["replay"])
         else:  # the replay was not saved: collect --learning-starts new steps before updating again
             train_from, updates_before = global_step + args.learning_starts, num_updates
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return = np.zeros(args.num_envs)
-    game_length = np.zeros(args.num_envs, dtype=np.int64)
-    progress = Progress(args.total_timesteps, global_step)
-    start_time, start_step = time.time(), global_step
-    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
+    game_return, game_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)
+    progress, start_time, start_step = Progress(args.total_timesteps, global_step), time.time(), global_step
+    checkpoint_path = f"{run_dir}/checkpoint.pt"
+    exploration_steps = max(1, int(args.exploration_fraction * args.total_timesteps))
     while global_step < args.total_timesteps:
-        epsilon = linear_schedule(args.start_e, args.end_e, max(1, int(args.exploration_fraction * args.total_timesteps)), global_step)
+        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
         explore = rng.random(args.num_envs) < epsilon
         actions = rng.integers(0, num_actions, args.num_envs)
         bonus = np.zeros(args.num_envs, dtype=np.float32)
@@ -769,7 +653,6 @@ if __name__ == "__main__":
         next_obs, reward, terminated, truncated, info = envs.step(actions)
         restarted = game_restarted(terminated, truncated, info, prev_info)
         rb.add(obs, actions, np.clip(reward, -1, 1), bonus, terminated, truncated, restarted, info.get("final_obs"))
-
         if args.capture_video and video_schedule(games_env0):
             video_frames.append(obs[0, -1].copy())
         game_return += reward
@@ -790,80 +673,54 @@ if __name__ == "__main__":
         # Training: one gradient step per `train_frequency` env steps, whatever num_envs is.
         while global_step > train_from and num_updates < updates_before + (global_step - train_from) // args.train_frequency:
             batch = rb.sample(args.batch_size, rng)
-            returns, bootstrap_discount, offset = n_step_returns(
-                batch.rewards, batch.bonuses, batch.terminated, batch.truncated, args.gamma
-            )
-            next_stacks = rb.stacks(batch.env, batch.slot + offset)
-            loss, q_all = update(
-                *(x.to(device) for x in (batch.obs, next_stacks, batch.actions, returns, bootstrap_discount))
-            )
+            returns, discount, offset = n_step_returns(*batch[4:], args.gamma)  # rewards, bonuses, terminated, truncated
+            next_obs_batch = rb.stacks(batch.env, batch.slot + offset)
+            loss, q_all = update(*(x.to(device) for x in (batch.obs, next_obs_batch, batch.actions, returns, discount)))
+            optimizer.step()
             num_updates += 1
             if not torch.isfinite(loss):  # a NaN/inf step was taken: stop before the next one
-                progress.close(global_step)
-                sys.exit(f"{os.path.basename(__file__)}: error: non-finite losses/td_loss ({loss.item()}) at global_step {global_step}, update {num_updates}")
-
+                where = f"at global_step {global_step}, update {num_updates}"
+                sys.exit(f"{os.path.basename(__file__)}: error: non-finite losses/td_loss ({loss.item()}) {where}")
             if num_updates % 100 == 0:
+                q_taken = q_all.gather(1, batch.actions[:, None].to(device))
                 writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                writer.add_scalar("losses/q_values", q_all.gather(1, batch.actions[:, None].to(device)).mean().item(), global_step)
+                writer.add_scalar("losses/q_values", q_taken.mean().item(), global_step)
                 writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all, args.tau).mean().item(), global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
         # Target network: copied every `target_network_frequency` env steps.
-        if global_step > args.learning_starts and (global_step // args.target_network_frequency) > (
-            (global_step - args.num_envs) // args.target_network_frequency
-        ):
+        if global_step > args.learning_starts and crossed(global_step, args.num_envs, args.target_network_frequency):
             target_network.load_state_dict(q_network.state_dict())
-        progress.update(global_step)
+        progress(global_step)
 
-        due = args.checkpoint_every > 0 and global_step // args.checkpoint_every > (global_step - args.num_envs) // args.checkpoint_every
-        if due or stop.signum or (args.checkpoint_every > 0 and global_step >= args.total_timesteps):
-            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here
-            # and in any run resumed from it (truncated, bootstrapping from this observation, as
-            # at a time limit; not logged as episodes): the two runs stay identical.
+        last = global_step >= args.total_timesteps
+        if stop.signum or (args.checkpoint_every > 0 and (last or crossed(global_step, args.num_envs, args.checkpoint_every))):
+            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a
+            # run resumed from it (truncated, bootstrapping from this observation, not logged as games).
             rb.end_games(obs)
             save_checkpoint(checkpoint_path, dict(
-                args=vars(args), run_name=run_name, wandb_id=wandb.run.id if args.track else None,
-                global_step=global_step, num_updates=num_updates, games_env0=games_env0,
-                q_network=q_network.state_dict(), target_network=target_network.state_dict(), optimizer=optimizer.state_dict(),
-                rng=dict(generator=rng.bit_generator.state, torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
-                **(dict(replay=rb.state_dict()) if args.checkpoint_replay else {}),
+                args=vars(args), run_name=run_name, wandb_id=wandb_id, global_step=global_step, num_updates=num_updates,
+                games_env0=games_env0, q_network=q_network.state_dict(), target_network=target_network.state_dict(),
+                optimizer=optimizer.state_dict(), rng=rng.bit_generator.state,
+                replay=rb.state_dict() if args.checkpoint_replay else None,
             ))  # fmt: skip
             if stop.signum:
                 break
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
-    progress.close(global_step)
     envs.close()
     del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
-    if stop.signum:
-        writer.close()
-        if args.track:
-            wandb.finish()
-        print(
-            f"{signal.Signals(stop.signum).name} at global_step {global_step}: checkpoint written to {checkpoint_path}; "
-            f"continue with: python {os.path.basename(__file__)} --resume {checkpoint_path}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stop.signum)
 
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    if args.save_model and not stop.signum:
+        model_path = f"{run_dir}/{args.exp_name}.cleanrl_model"
         torch.save(q_network.state_dict(), model_path)
         print(f"model saved to {model_path}")
-        episodic_returns = evaluate(
-            model_path,
-            args.env_id,
-            eval_episodes=args.eval_episodes,
-            num_envs=args.num_envs,
-            device=device,
-            seed=args.seed + 1,
-            video_path=f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None,
-        )
-        for idx, episodic_return in enumerate(episodic_returns):
+        video_path = f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None
+        returns = evaluate(model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path)
+        for idx, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
-        print(f"eval: mean episodic return {np.mean(episodic_returns):.2f} over {len(episodic_returns)} games")
-
+        print(f"eval: mean episodic return {np.mean(returns):.2f} over {len(returns)} games")
     writer.close()
-    if args.track:
-        wandb.finish()
+    if stop.signum:
+        stop.exit(global_step, checkpoint_path)
