@@ -1,12 +1,11 @@
 """One A2C loop on Atari, trained by policy gradient or by soft Q-learning, and the
 equivalence of the two checked live on the gradients that train it.
 
-Reference implementation of Section 4 and the experiment of Section 6.3 (Figure 3) of
-"Equivalence Between Policy Gradients and Soft Q-Learning" (Schulman, Chen, Abbeel 2017).
-Everything (envs, network, rollouts, RMSprop, schedule, clipping, logging) is a2c_entropy.py
-in its proper mode; only the loss differs:
+Section 4 and the experiment of Section 6.3 (Figure 3) of "Equivalence Between Policy Gradients
+and Soft Q-Learning" (Schulman, Chen, Abbeel 2017). Everything (envs, network, rollouts, RMSprop,
+schedule, clipping, logging) is a2c_entropy.py in its proper mode; only the loss differs:
 
-    --update pg:  entropy-regularized A2C, L = -log pi(a_t|s_t) Delta_t + tau KL(s_t) + c/2 (V(s_t) - Vhat_t)^2  (eq. 80, 84-86)
+    --update pg:  entropy-regularized A2C, L = -log pi(a_t|s_t) Delta_t + tau KL(s_t) + c/2 (V(s_t) - Vhat_t)^2 (eq. 80, 84-86)
     --update ql:  soft Q-learning on the same heads, Q(s,a) = V(s) + tau log(pi(a|s)/pibar(a|s)) (eq. 57),
                   L = 1/2 (Q(s_t,a_t) - y_t)^2,  y_t = tau KL_t + V(s_t) + Delta_t  (n-step soft target, no gradient)
 
@@ -15,7 +14,7 @@ a_t ~ pi(.|s_t), the soft Q-learning gradient is tau x the policy gradient plus 
 of 1/2 (V - Vhat)^2 (eqs. 58-65): A2C with value coefficient c = 1/tau. Section 6.3 scales
 the gradient into the advantage stream tau log(pi/pibar) by 1/tau and into the value stream
 by c = 0.5 (`--grad-scaling`, default; forward values unchanged), which makes the two
-updates equal in expectation; the paper prints "1/gamma" for 1/tau (../shared/paper/NOTES.md).
+updates equal in expectation; the paper prints "1/gamma" for 1/tau (docs/paper.md).
 Every `--equiv-check-every` updates the run logs, on its current batch, how close the two
 gradients are with the expectation over actions taken exactly (`equiv/*`).
 
@@ -23,11 +22,13 @@ Run:
     python pgql_equiv.py --update pg          # entropy-regularized ("proper") A2C
     python pgql_equiv.py --update ql          # soft Q-learning on Q = V + tau*log pi, same hyperparameters
     python pgql_equiv.py --update ql --no-grad-scaling   # raw soft-Q: value weight 1/tau (the paper's c = 100 instability)
+    python pgql_equiv.py --resume runs/<run>/checkpoint.pt --total-timesteps 20000000   # go on, or further
     tensorboard --logdir runs
 """
 
-import contextlib
-import io
+import argparse
+import collections
+import datetime
 import math
 import os
 import random
@@ -111,151 +112,226 @@ class Args:
 
     # Long runs
     checkpoint_every: int = 0
-    """write `runs/{run_name}/checkpoint.pt` every this many agent steps (like --total-timesteps) and at the end; 0: only on SIGINT/SIGTERM"""
+    """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     resume: Optional[str] = None
     """continue the run saved in this checkpoint, with its options (--total-timesteps and --checkpoint-every may change)"""
 
-
-def parse_args() -> Args:
-    """tyro.cli(Args) and check_args; tyro's boxed parse errors are condensed to one line."""
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        return tyro.cli(Args)
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            args = tyro.cli(Args)
-    except SystemExit:
-        body = []  # the message: the text between the title's rule and the next rule
-        for line in captured.getvalue().splitlines()[1:]:
-            text = line.strip().strip("\u2502").strip()
-            if text and set(text) <= {"-", "\u2500"}:
-                if body:
-                    break
-            elif text:
-                body.append(text)
-        sys.exit(f"{os.path.basename(__file__)}: error: {' '.join(body) or 'invalid arguments'} (see --help)")
-    check_args(args)
-    return args
-
-
-def check_args(args: Args) -> None:
-    """Stop with one line on stderr and a non-zero exit if `args` cannot describe a run."""
-    if args.resume is not None:  # the options come from the checkpoint; `resumed` checks them
-        if not os.path.isfile(args.resume):
-            sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: no such checkpoint file")
-        return
-    problems = []
-    if not 0 <= args.seed < 2**31 - 2**16:  # ale-py seeds env i with seed + i, a C int
-        problems.append(f"--seed must be in [0, 2**31 - 2**16), got {args.seed}")
-    try:
-        ale_game_name(args.env_id)
-    except ValueError as e:
-        problems.append(str(e))
-    if not (args.tau >= 0 and math.isfinite(args.tau)):
-        problems.append(f"--tau must be a finite number >= 0, got {args.tau}")
-    elif args.tau == 0 and (args.update == "ql" or args.equiv_check_every > 0):
-        problems.append(
-            "--tau 0 has no soft Q-function (Q = V + tau log(pi/pibar)): --update ql and the equivalence "
-            "check need tau > 0 (for plain A2C pass --equiv-check-every 0)"
-        )
-    if args.equiv_check_every < 0:
-        problems.append(f"--equiv-check-every must be >= 0 (0 disables), got {args.equiv_check_every}")
-    if args.num_envs < 1:
-        problems.append(f"--num-envs must be >= 1, got {args.num_envs}")
-    if args.num_steps < 1:
-        problems.append(f"--num-steps must be >= 1, got {args.num_steps}")
-    if args.num_envs >= 1 and args.num_steps >= 1 and args.total_timesteps < args.num_envs * args.num_steps:
-        problems.append(
-            f"--total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(num-envs * num-steps = {args.num_envs * args.num_steps}): no update would run"
-        )
-    if not 0 <= args.gamma <= 1:
-        problems.append(f"--gamma must be in [0, 1], got {args.gamma}")
-    if not (args.learning_rate > 0 and math.isfinite(args.learning_rate)):
-        problems.append(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
-    if not (args.vf_coef >= 0 and math.isfinite(args.vf_coef)):
-        problems.append(f"--vf-coef must be a finite number >= 0, got {args.vf_coef}")
-    if not args.max_grad_norm > 0:
-        problems.append(f"--max-grad-norm must be > 0, got {args.max_grad_norm}")
-    if not 0 <= args.rmsprop_alpha < 1:
-        problems.append(f"--rmsprop-alpha must be in [0, 1), got {args.rmsprop_alpha}")
-    if not (args.rmsprop_eps > 0 and math.isfinite(args.rmsprop_eps)):
-        problems.append(f"--rmsprop-eps must be a finite number > 0, got {args.rmsprop_eps}")
-    if args.log_interval < 1:
-        problems.append(f"--log-interval must be >= 1, got {args.log_interval}")
-    if args.eval_episodes < 1:
-        problems.append(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
-    if args.checkpoint_every < 0:
-        problems.append(f"--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM), got {args.checkpoint_every}")
-    if problems:
-        sys.exit(f"{os.path.basename(__file__)}: error: " + "; ".join(problems))
+    def __post_init__(self):
+        """Reject what would fail late or silently (tyro prints the message and exits 2)."""
+        ale_game_name(self.env_id)
+        rollout = self.num_envs * self.num_steps
+        require(
+            (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
+            (self.tau >= 0 and math.isfinite(self.tau), f"--tau must be a finite number >= 0, got {self.tau}"),
+            (self.num_envs >= 1, "--num-envs must be >= 1"),
+            (self.num_steps >= 1, "--num-steps must be >= 1"),
+            (self.total_timesteps >= rollout,
+             f"--total-timesteps {self.total_timesteps} is less than one rollout (--num-envs * --num-steps = {rollout})"),
+            (0 <= self.gamma <= 1, f"--gamma must be in [0, 1], got {self.gamma}"),
+            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be a finite number > 0"),
+            (self.vf_coef >= 0 and math.isfinite(self.vf_coef), "--vf-coef must be a finite number >= 0"),
+            (self.max_grad_norm > 0, "--max-grad-norm must be > 0"),
+            (0 <= self.rmsprop_alpha < 1, "--rmsprop-alpha must be in [0, 1)"),
+            (self.rmsprop_eps > 0 and math.isfinite(self.rmsprop_eps), "--rmsprop-eps must be a finite number > 0"),
+            (self.log_interval >= 1, "--log-interval must be >= 1"),
+            (self.eval_episodes >= 1, "--eval-episodes must be >= 1"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM)"),
+            (self.tau != 0 or (self.update == "pg" and self.equiv_check_every == 0),
+             "--tau 0 has no soft Q-function (Q = V + tau log(pi/pibar)): --update ql and the equivalence check need"
+             " tau > 0 (for plain A2C pass --equiv-check-every 0)"),
+            (self.equiv_check_every >= 0, "--equiv-check-every must be >= 0 (0 disables)"),
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
-# Environment: ale-py's C++ vector env with the DQN-Nature preprocessing built in.
+# The paper's math (uniform reference policy pibar = 1/|A| throughout)
 # ----------------------------------------------------------------------------------------------
 
 
-def ale_game_name(env_id: str) -> str:
-    """`BreakoutNoFrameskip-v4` / `ALE/Breakout-v5` / `breakout` -> ale-py's ROM id `breakout`."""
-    from ale_py import roms
-
-    name = env_id.split("/")[-1]
-    name = re.sub(r"(NoFrameskip)?-v\d+$", "", name)
-    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
-    if name not in roms.get_all_rom_ids():
-        raise ValueError(
-            f"unknown game {env_id!r} (no ale-py ROM {name!r}); "
-            "use an id like BreakoutNoFrameskip-v4 or ALE/Pong-v5"
-        )
-    return name
+def entropy_and_kl(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26 with
+    pibar uniform), over the last axis of the policy's logits."""
+    log_pi = F.log_softmax(logits, dim=-1)
+    entropy = -(log_pi.exp() * log_pi).sum(dim=-1)
+    return entropy, math.log(logits.shape[-1]) - entropy
 
 
-def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
-    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
-    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
+def reward_bonus(logits: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
+    """The per-step augmentation of the reward in the entropy-regularized return (eq. 36):
+    -tau*KL[pi || pibar](s) for `kl`, +tau*H(pi(.|s)) for `entropy` (= the kl form + tau*log|A|)."""
+    entropy, kl = entropy_and_kl(logits)
+    return -tau * kl if regularizer == "kl" else tau * entropy
 
-    Rewards come back raw (unclipped) so real game scores can be logged; clip for training.
-    Autoreset is SameStep: each step is a real transition; when a game ends the returned
-    observation already starts the next game ([0, 0, 0, first frame]) and the last
-    observation of the ended game is in info["final_obs"].
 
-    With `life_loss_terminal`, losing a life sets `terminated` while the game goes on (the
-    step after it continues the same game); that is DQN's EpisodicLifeEnv. ale-py's own
-    `episodic_life=True` instead restarts the whole game at every life loss, which is not
-    what DQN did, so it stays off. `game_restarted` tells the two kinds of `terminated` apart.
+def n_step_advantages(rewards: torch.Tensor, bonuses: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor,
+                      terminated: torch.Tensor, truncated: torch.Tensor, truncation_values: torch.Tensor, gamma: float,
+                      entropy_mode: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Advantages Delta_t and value targets Vhat_t = V(s_t) + Delta_t of one rollout (eqs. 52-54).
+
+    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or
+    +tau*H_t, from `reward_bonus`), V(s_t), the transition's end flags and, where it was
+    truncated by the time limit, V of the state it was cut at; `next_value` (N,) is V(s_T)
+    after the rollout. Step t's return looks ahead to the rollout's end (T - t steps, the
+    A2C n-step return):
+
+        naive  (eq. 79): Vhat_t = r_t            + gamma * Vhat_{t+1}
+        proper (eq. 80): Vhat_t = r_t + bonus_t  + gamma * Vhat_{t+1}     (Delta_t = sum_d gamma^d delta_{t+d}, eq. 52)
+
+    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops
+    the bootstrap; a truncation bootstraps from V of the state it cut at. The two modes
+    differ in the one line marked below and nowhere else.
     """
-    from ale_py.vector_env import AtariVectorEnv
+    step_rewards = rewards + bonuses if entropy_mode == "proper" else rewards  # <- naive vs proper
+    returns = torch.empty_like(rewards)
+    future = next_value
+    for t in reversed(range(rewards.shape[0])):
+        future = torch.where(truncated[t] & ~terminated[t], truncation_values[t], future)
+        future = step_rewards[t] + torch.where(terminated[t], 0.0, gamma * future)
+        returns[t] = future
+    return returns - values, returns
 
-    return AtariVectorEnv(
-        game=ale_game_name(env_id),
-        num_envs=num_envs,
-        autoreset_mode="SameStep",
-        episodic_life=False,
-        life_loss_info=life_loss_terminal,
-        reward_clipping=False,
-        repeat_action_probability=0.0,
-        max_num_frames_per_episode=max_episode_frames,
+
+def a2c_loss(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
+             value_targets: torch.Tensor, tau: float, regularizer: str,
+             vf_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """L = L_policy + c * L_value, averaged over the batch (eqs. 84-86):
+
+        L_policy = -log pi(a_t|s_t) * Delta_t + tau * KL[pi || pibar](s_t)    (or - tau * H(s_t): same gradient)
+        L_value  = 1/2 (V(s_t) - Vhat_t)^2
+
+    Delta_t and Vhat_t are constants (no gradient flows through the targets). Its gradient
+    in the policy parameters is minus the estimator of eq. 79 or 80 (whichever built Delta).
+    Returns the loss and its parts (detached) for logging.
+    """
+    log_pi = F.log_softmax(logits, dim=-1)
+    entropy, kl = entropy_and_kl(logits)
+    policy_loss = -(log_pi.gather(1, actions[:, None]).squeeze(1) * advantages.detach()).mean()
+    regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
+    value_loss = 0.5 * (values - value_targets.detach()).pow(2).mean()
+    loss = policy_loss + regularizer_loss + vf_coef * value_loss
+    parts = dict(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy.mean(), kl=kl.mean())
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1).
+    Unlike torch.multinomial it does not raise on NaN logits, so a diverged network reaches the
+    loss check of the next update, which names the step."""
+    return (logits - torch.empty_like(logits).exponential_(generator=generator).log()).argmax(dim=-1)
+
+
+def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - Var(targets - predictions) / Var(targets): 1 is perfect, 0 no better than a constant."""
+    var = targets.var()
+    return torch.where(var > 0, 1 - (targets - predictions).var() / var, torch.full_like(var, float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Section 4: soft Q-learning on the policy and value heads, and its equivalence to the policy gradient
+# ----------------------------------------------------------------------------------------------
+
+
+def gscale(x: torch.Tensor, k: float) -> torch.Tensor:
+    """x in the forward pass, k * (its gradient) in the backward pass (Section 6.3's scaling)."""
+    return x.detach() + k * (x - x.detach())
+
+
+def soft_q_values(
+    logits: torch.Tensor, values: torch.Tensor, tau: float, value_scale: float = 1.0, advantage_scale: float = 1.0
+) -> torch.Tensor:
+    """Q(s,a) = V(s) + tau * log(pi(a|s) / pibar(a|s)) for every action, shape (N, |A|) (eq. 57 with
+    pi = pi_Q: the policy and value heads define a soft Q-function, a dueling network whose
+    advantage stream is tau log(pi/pibar)). The gradient into the value stream is scaled by
+    `value_scale`, into the advantage stream by `advantage_scale`; forward values are unchanged."""
+    log_ratio = F.log_softmax(logits, dim=-1) + math.log(logits.shape[-1])  # log(pi / pibar), pibar uniform
+    return gscale(values, value_scale)[:, None] + tau * gscale(log_ratio, advantage_scale)
+
+
+def soft_q_target(values: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, tau: float) -> torch.Tensor:
+    """The n-step soft Q target y_t = tau*KL_t + V(s_t) + Delta_t (Section 4; Delta_t the proper
+    mode's n-step advantage of eq. 52), held constant (no gradient, no target network)."""
+    return (tau * kl + values + advantages).detach()
+
+
+def soft_q_scales(tau: float, vf_coef: float, grad_scaling: bool) -> tuple[float, float]:
+    """(value-stream, advantage-stream) gradient scales: (c, 1/tau) with Section 6.3's scaling,
+    which turns E_a[grad L_QL] into the A2C gradient with value coefficient c; (1, 1) without,
+    where E_a[grad L_QL] = tau * (the A2C gradient with c = 1/tau) (eq. 65)."""
+    return (vf_coef, 1.0 / tau) if grad_scaling else (1.0, 1.0)
+
+
+def ql_loss(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, tau: float,
+            vf_coef: float, grad_scaling: bool) -> torch.Tensor:  # fmt: skip
+    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on the sampled
+    actions, with Q from `soft_q_values` (gradients scaled by `soft_q_scales`) and y_t from
+    `soft_q_target`."""
+    q_values = soft_q_values(logits, values, tau, *soft_q_scales(tau, vf_coef, grad_scaling))
+    targets = soft_q_target(values, advantages, entropy_and_kl(logits)[1], tau)
+    return 0.5 * (q_values.gather(1, actions[:, None]).squeeze(1) - targets).pow(2).mean()
+
+
+def expected_losses(logits: torch.Tensor, values: torch.Tensor, advantages: torch.Tensor, value_targets: torch.Tensor,
+                    tau: float, regularizer: str, vf_coef: float,
+                    grad_scaling: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Both updates' losses with the expectation over a_t ~ pi(.|s_t) taken exactly: a sum over
+    all actions weighted by pi(a|s_t) (held constant), with the same Delta_t for every action.
+
+    Returns (QL, PG): QL = E_a 1/2 (Q(s_t,a) - y_t)^2 with the scaled Q, and the A2C loss that
+    the theorem says it equals in gradient (eqs. 58-65): E_a[a2c_loss] with c = vf_coef under
+    Section 6.3's scaling, tau * E_a[a2c_loss with c = 1/tau] without it. The gradients of the
+    two agree to rounding; the per-action losses that training uses agree only in expectation.
+    """
+    pi = torch.softmax(logits, dim=-1).detach()
+    entropy, kl = entropy_and_kl(logits)
+    value_scale, advantage_scale = soft_q_scales(tau, vf_coef, grad_scaling)
+    q_values = soft_q_values(logits, values, tau, value_scale, advantage_scale)
+    targets = soft_q_target(values, advantages, kl, tau)
+    ql = 0.5 * (pi * (q_values - targets[:, None]).pow(2)).sum(dim=-1).mean()
+
+    def expected_a2c_loss(c: float) -> torch.Tensor:
+        policy = -((pi * F.log_softmax(logits, dim=-1)).sum(dim=-1) * advantages.detach()).mean()
+        regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
+        return policy + regularizer_loss + c * 0.5 * (values - value_targets.detach()).pow(2).mean()
+
+    pg = expected_a2c_loss(vf_coef) if grad_scaling else tau * expected_a2c_loss(1.0 / tau)
+    return ql, pg
+
+
+def gradient_agreement(loss_a: torch.Tensor, loss_b: torch.Tensor, params: list) -> tuple[float, float]:
+    """(cosine, ||g_a - g_b|| / ||g_b||) of the two losses' gradients in `params` (graphs kept),
+    reduced in float64: a float32 dot product over millions of entries is off by ~1e-4."""
+    g_a = torch.cat([g.flatten() for g in torch.autograd.grad(loss_a, params, retain_graph=True)]).double()
+    g_b = torch.cat([g.flatten() for g in torch.autograd.grad(loss_b, params, retain_graph=True)]).double()
+    cosine = torch.dot(g_a, g_b) / (g_a.norm() * g_b.norm())
+    rel_error = (g_a - g_b).norm() / g_b.norm()
+    return cosine.item(), rel_error.item()
+
+
+def equivalence_check(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
+                      value_targets: torch.Tensor, tau: float, regularizer: str, vf_coef: float, grad_scaling: bool,
+                      params: list) -> tuple[float, float, float]:  # fmt: skip
+    """How close the QL and PG gradients are on one batch: (cosine, relative error) of the
+    `expected_losses` gradients, which the theorem says agree to rounding, and the cosine of the
+    gradients of the losses that training uses (sampled actions; they agree only in expectation).
+    Gradients are taken in `params`.
+
+    It backpropagates four times through `logits` and `values`, so the caller gives it a
+    forward pass of its own (eager): the training update's graph is then backpropagated once,
+    and with --compile no compiled graph is run backward twice (torch 2.13's compiled backward
+    returns wrong gradients the second time, even with retain_graph=True).
+    """
+    ql_expected, pg_expected = expected_losses(
+        logits, values, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling
     )
-
-
-def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
-    """Which envs started a new game in this step (SameStep autoreset; `info` already
-    describes the new game there).
-
-    A truncation always restarts. A `terminated` is a game over, not a life loss, when the
-    game's frame counter went back (it only grows within a game) or the lives counter did
-    not drop (a life loss always drops it; a new game starts with full lives). Each signal
-    alone has a blind spot (a game shorter than the no-op reset; a game ending with bonus
-    lives); neither ever fires on a life loss.
-    """
-    frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
-    lives_kept = info["lives"] >= prev_info["lives"]
-    return truncated | (terminated & (frame_went_back | lives_kept))
+    ql_sampled = ql_loss(logits, values, actions, advantages, tau, vf_coef, grad_scaling)
+    scale, c = (1.0, vf_coef) if grad_scaling else (tau, 1.0 / tau)  # see expected_losses
+    pg_sampled = scale * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
+    cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
+    return cosine, rel_error, gradient_agreement(ql_sampled, pg_sampled, params)[0]
 
 
 # ----------------------------------------------------------------------------------------------
-# Network and optimizer
+# Network, optimizer (TensorFlow's RMSprop), evaluation
 # ----------------------------------------------------------------------------------------------
 
 
@@ -286,7 +362,7 @@ class ActorCritic(nn.Module):
         self.critic = layer_init(nn.Linear(512, 1), std=1.0)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels-last (NHWC) input: oneDNN's conv backward is ~30% faster on CPU; same math.
+        # channels-last (NHWC) input: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md); same math.
         # The layout is changed while the frames are still uint8 (a quarter of the bytes).
         hidden = self.trunk(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
@@ -322,241 +398,146 @@ class RMSpropTF(torch.optim.Optimizer):
             torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
 
 
-# ----------------------------------------------------------------------------------------------
-# The paper's math (uniform reference policy pibar = 1/|A| throughout)
-# ----------------------------------------------------------------------------------------------
-
-
-def entropy_and_kl(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26 with
-    pibar uniform), over the last axis of the policy's logits."""
-    log_pi = F.log_softmax(logits, dim=-1)
-    entropy = -(log_pi.exp() * log_pi).sum(dim=-1)
-    return entropy, math.log(logits.shape[-1]) - entropy
-
-
-def reward_bonus(logits: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
-    """The per-step augmentation of the reward in the entropy-regularized return (eq. 36):
-    -tau*KL[pi || pibar](s) for `kl`, +tau*H(pi(.|s)) for `entropy` (= the kl form + tau*log|A|)."""
-    entropy, kl = entropy_and_kl(logits)
-    return -tau * kl if regularizer == "kl" else tau * entropy
-
-
-def n_step_advantages(
-    rewards: torch.Tensor,
-    bonuses: torch.Tensor,
-    values: torch.Tensor,
-    next_value: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    truncation_values: torch.Tensor,
-    gamma: float,
-    entropy_mode: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages Delta_t and value targets Vhat_t = V(s_t) + Delta_t of one rollout (eqs. 52-54).
-
-    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or
-    +tau*H_t, from `reward_bonus`), V(s_t), the transition's end flags and, where it was
-    truncated by the time limit, V of the state it was cut at; `next_value` (N,) is V(s_T)
-    after the rollout. Step t's return looks ahead to the rollout's end (T - t steps, the
-    A2C n-step return):
-
-        naive  (eq. 79): Vhat_t = r_t            + gamma * Vhat_{t+1}
-        proper (eq. 80): Vhat_t = r_t + bonus_t  + gamma * Vhat_{t+1}     (Delta_t = sum_d gamma^d delta_{t+d}, eq. 52)
-
-    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops
-    the bootstrap; a truncation bootstraps from V of the state it cut at. The two modes
-    differ in the one line marked below and nowhere else.
-    """
-    step_rewards = rewards + bonuses if entropy_mode == "proper" else rewards  # <- naive vs proper
-    returns = torch.empty_like(rewards)
-    future = next_value
-    for t in reversed(range(rewards.shape[0])):
-        future = torch.where(truncated[t] & ~terminated[t], truncation_values[t], future)
-        future = step_rewards[t] + torch.where(terminated[t], 0.0, gamma * future)
-        returns[t] = future
-    return returns - values, returns
-
-
-def a2c_loss(
-    logits: torch.Tensor,
-    values: torch.Tensor,
-    actions: torch.Tensor,
-    advantages: torch.Tensor,
-    value_targets: torch.Tensor,
-    tau: float,
-    regularizer: str,
-    vf_coef: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_policy + c * L_value, averaged over the batch (eqs. 84-86):
-
-        L_policy = -log pi(a_t|s_t) * Delta_t + tau * KL[pi || pibar](s_t)    (or - tau * H(s_t): same gradient)
-        L_value  = 1/2 (V(s_t) - Vhat_t)^2
-
-    Delta_t and Vhat_t are constants (no gradient flows through the targets). Its gradient
-    in the policy parameters is minus the estimator of eq. 79 or 80 (whichever built Delta).
-    Returns the loss and its parts (detached) for logging.
-    """
-    log_pi = F.log_softmax(logits, dim=-1)
-    entropy, kl = entropy_and_kl(logits)
-    policy_loss = -(log_pi.gather(1, actions[:, None]).squeeze(1) * advantages.detach()).mean()
-    regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
-    value_loss = 0.5 * (values - value_targets.detach()).pow(2).mean()
-    loss = policy_loss + regularizer_loss + vf_coef * value_loss
-    parts = dict(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy.mean(), kl=kl.mean())
-    return loss, {k: v.detach() for k, v in parts.items()}
-
-
-def gscale(x: torch.Tensor, k: float) -> torch.Tensor:
-    """x in the forward pass, k * (its gradient) in the backward pass (Section 6.3's scaling)."""
-    return x.detach() + k * (x - x.detach())
-
-
-def soft_q_values(
-    logits: torch.Tensor, values: torch.Tensor, tau: float, value_scale: float = 1.0, advantage_scale: float = 1.0
-) -> torch.Tensor:
-    """Q(s,a) = V(s) + tau * log(pi(a|s) / pibar(a|s)) for every action, shape (N, |A|) (eq. 57 with
-    pi = pi_Q: the policy and value heads define a soft Q-function, a dueling network whose
-    advantage stream is tau log(pi/pibar)). The gradient into the value stream is scaled by
-    `value_scale`, into the advantage stream by `advantage_scale`; forward values are unchanged."""
-    log_ratio = F.log_softmax(logits, dim=-1) + math.log(logits.shape[-1])  # log(pi / pibar), pibar uniform
-    return gscale(values, value_scale)[:, None] + tau * gscale(log_ratio, advantage_scale)
-
-
-def soft_q_target(values: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, tau: float) -> torch.Tensor:
-    """The n-step soft Q target y_t = tau*KL_t + V(s_t) + Delta_t (Section 4; Delta_t the proper
-    mode's n-step advantage of eq. 52), held constant (no gradient, no target network)."""
-    return (tau * kl + values + advantages).detach()
-
-
-def soft_q_scales(tau: float, vf_coef: float, grad_scaling: bool) -> tuple[float, float]:
-    """(value-stream, advantage-stream) gradient scales: (c, 1/tau) with Section 6.3's scaling,
-    which turns E_a[grad L_QL] into the A2C gradient with value coefficient c; (1, 1) without,
-    where E_a[grad L_QL] = tau * (the A2C gradient with c = 1/tau) (eq. 65)."""
-    return (vf_coef, 1.0 / tau) if grad_scaling else (1.0, 1.0)
-
-
-def ql_loss(
-    logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, tau: float, vf_coef: float, grad_scaling: bool
-) -> torch.Tensor:
-    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on the sampled
-    actions, with Q from `soft_q_values` (gradients scaled by `soft_q_scales`) and y_t from
-    `soft_q_target`."""
-    q_values = soft_q_values(logits, values, tau, *soft_q_scales(tau, vf_coef, grad_scaling))
-    targets = soft_q_target(values, advantages, entropy_and_kl(logits)[1], tau)
-    return 0.5 * (q_values.gather(1, actions[:, None]).squeeze(1) - targets).pow(2).mean()
-
-
-def expected_losses(
-    logits: torch.Tensor,
-    values: torch.Tensor,
-    advantages: torch.Tensor,
-    value_targets: torch.Tensor,
-    tau: float,
-    regularizer: str,
-    vf_coef: float,
-    grad_scaling: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both updates' losses with the expectation over a_t ~ pi(.|s_t) taken exactly: a sum over
-    all actions weighted by pi(a|s_t) (held constant), with the same Delta_t for every action.
-
-    Returns (QL, PG): QL = E_a 1/2 (Q(s_t,a) - y_t)^2 with the scaled Q, and the A2C loss that
-    the theorem says it equals in gradient (eqs. 58-65): E_a[a2c_loss] with c = vf_coef under
-    Section 6.3's scaling, tau * E_a[a2c_loss with c = 1/tau] without it. The gradients of the
-    two agree to rounding; the per-action losses that training uses agree only in expectation.
-    """
-    pi = torch.softmax(logits, dim=-1).detach()
-    entropy, kl = entropy_and_kl(logits)
-    value_scale, advantage_scale = soft_q_scales(tau, vf_coef, grad_scaling)
-    q_values = soft_q_values(logits, values, tau, value_scale, advantage_scale)
-    targets = soft_q_target(values, advantages, kl, tau)
-    ql = 0.5 * (pi * (q_values - targets[:, None]).pow(2)).sum(dim=-1).mean()
-
-    def expected_a2c_loss(c: float) -> torch.Tensor:
-        policy = -((pi * F.log_softmax(logits, dim=-1)).sum(dim=-1) * advantages.detach()).mean()
-        regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
-        return policy + regularizer_loss + c * 0.5 * (values - value_targets.detach()).pow(2).mean()
-
-    pg = expected_a2c_loss(vf_coef) if grad_scaling else tau * expected_a2c_loss(1.0 / tau)
-    return ql, pg
-
-
-def gradient_agreement(loss_a: torch.Tensor, loss_b: torch.Tensor, params: list) -> tuple[float, float]:
-    """(cosine, ||g_a - g_b|| / ||g_b||) of the two losses' gradients in `params` (graphs kept),
-    reduced in float64: a float32 dot product over millions of entries is off by ~1e-4."""
-    g_a = torch.cat([g.flatten() for g in torch.autograd.grad(loss_a, params, retain_graph=True)]).double()
-    g_b = torch.cat([g.flatten() for g in torch.autograd.grad(loss_b, params, retain_graph=True)]).double()
-    cosine = torch.dot(g_a, g_b) / (g_a.norm() * g_b.norm())
-    rel_error = (g_a - g_b).norm() / g_b.norm()
-    return cosine.item(), rel_error.item()
-
-
-def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1).
-    Unlike torch.multinomial it does not raise on NaN logits, so a diverged network reaches the
-    loss check of the next update, which names the step."""
-    return (logits - torch.empty_like(logits).exponential_(generator=generator).log()).argmax(dim=-1)
-
-
-def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - Var(targets - predictions) / Var(targets): 1 is perfect, 0 no better than a constant."""
-    var = targets.var()
-    return torch.where(var > 0, 1 - (targets - predictions).var() / var, torch.full_like(var, float("nan")))
-
-
-def equivalence_check(
-    logits: torch.Tensor,
-    values: torch.Tensor,
-    actions: torch.Tensor,
-    advantages: torch.Tensor,
-    value_targets: torch.Tensor,
-    tau: float,
-    regularizer: str,
-    vf_coef: float,
-    grad_scaling: bool,
-    params: list,
-) -> tuple[float, float, float]:
-    """How close the QL and PG gradients are on one batch: (cosine, relative error) of the
-    `expected_losses` gradients, which the theorem says agree to rounding, and the cosine of the
-    gradients of the losses that training uses (sampled actions; they agree only in expectation).
-    Gradients are taken in `params`.
-
-    It backpropagates four times through `logits` and `values`, so the caller gives it a
-    forward pass of its own (eager): the training update's graph is then backpropagated once,
-    and with --compile no compiled graph is run backward twice (torch 2.13's compiled backward
-    returns wrong gradients the second time, even with retain_graph=True).
-    """
-    ql_expected, pg_expected = expected_losses(logits, values, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling)
-    ql_sampled = ql_loss(logits, values, actions, advantages, tau, vf_coef, grad_scaling)
-    c = vf_coef if grad_scaling else 1.0 / tau
-    pg_sampled = (1.0 if grad_scaling else tau) * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
-    cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
-    return cosine, rel_error, gradient_agreement(ql_sampled, pg_sampled, params)[0]
+def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, device: torch.device, seed: int,
+             video_path: Optional[str] = None) -> list[float]:  # fmt: skip
+    """Play `eval_episodes` full games (all lives) sampling from the saved policy; return their
+    raw scores. Each env plays a fixed quota of games, so short games are not over-represented."""
+    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
+    agent = ActorCritic(envs.single_action_space.n).to(device)
+    agent.load_state_dict(torch.load(model_path, map_location=device))
+    generator, n = torch.Generator(device).manual_seed(seed), envs.num_envs
+    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
+    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
+    obs, _ = envs.reset(seed=seed)
+    while any(len(r) < q for r, q in zip(returns, quota)):
+        with torch.no_grad():
+            actions = sample_actions(agent(torch.from_numpy(obs).to(device))[0], generator).cpu().numpy()
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
 
 
 # ----------------------------------------------------------------------------------------------
-# Long runs: checkpoints, resume, stop signals
+# identical in all four scripts: tests/test_copies.py. Environment, command line and resume,
+# logging, checkpoints, stop signals, progress, videos: plumbing, not the paper.
 # ----------------------------------------------------------------------------------------------
 
 
-def resumed(args: Args) -> tuple[Args, Optional[dict]]:
-    """With --resume PATH: the run's saved options and its checkpoint. Only --total-timesteps
-    and --checkpoint-every, when given on the command line, override the saved ones (to extend
-    a run). Without --resume: (args, None)."""
-    if args.resume is None:
-        return args, None
+def require(*checks: tuple[bool, str]) -> None:
+    """Raise ValueError with the message of every failed (ok, message) check; tyro shows it,
+    naming the option, and exits with status 2 before anything is built."""
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise ValueError("; ".join(failed))
+
+
+def ale_game_name(env_id: str) -> str:
+    """`BreakoutNoFrameskip-v4` / `ALE/Breakout-v5` / `breakout` -> ale-py's ROM id `breakout`."""
+    from ale_py import roms
+
+    name = re.sub(r"(NoFrameskip)?-v\d+$", "", env_id.split("/")[-1])
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    if name not in roms.get_all_rom_ids():
+        raise ValueError(f"--env-id: unknown game {env_id!r} (no ale-py ROM {name!r}); use e.g. BreakoutNoFrameskip-v4")
+    return name
+
+
+def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
+    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
+    Rewards are raw (clip them for training; log real scores). Autoreset is SameStep: every step
+    is a real transition, and an ended game's last observation is in info["final_obs"]. With
+    `life_loss_terminal` a lost life sets `terminated` while the game goes on (DQN's
+    EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`.
+    """
+    from ale_py.vector_env import AtariVectorEnv
+
+    return AtariVectorEnv(
+        game=ale_game_name(env_id),
+        num_envs=num_envs,
+        autoreset_mode="SameStep",
+        episodic_life=False,
+        life_loss_info=life_loss_terminal,
+        reward_clipping=False,
+        repeat_action_probability=0.0,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+
+
+def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
+    """Which envs started a new game in this step. A truncation always does; a `terminated` is a
+    game over, not a life loss, when the game's frame counter went back or the lives did not
+    drop (each signal alone has a blind spot: a game shorter than the no-op reset, bonus lives).
+    """
+    frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
+    lives_kept = info["lives"] >= prev_info["lives"]
+    return truncated | (terminated & (frame_went_back | lives_kept))
+
+
+# The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
+RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track compile cudagraphs".split()
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
+    """tyro.cli(Args), and the checkpoint with --resume PATH: its saved options are then tyro's
+    defaults, so the command line overrides them in any spelling tyro accepts."""
+    prog = os.path.basename(__file__)
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--resume")
+    path = peek.parse_known_args(argv)[0].resume
+    if path is None:
+        return tyro.cli(Args, args=argv), None
+    if not os.path.isfile(path):
+        sys.exit(f"{prog}: error: --resume {path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)  # our own file: trusted
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file: trusted
         saved = Args(**checkpoint["args"])
     except Exception as e:
-        sys.exit(f"{os.path.basename(__file__)}: error: --resume {args.resume}: not a checkpoint of this script ({e})")
-    given = {a.split("=")[0] for a in sys.argv[1:]}
-    for name in ("total_timesteps", "checkpoint_every"):
-        if "--" + name.replace("_", "-") in given:
-            setattr(saved, name, getattr(args, name))
-    check_args(saved)
-    saved.resume = args.resume
-    return saved, checkpoint
+        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script ({e})")
+    args = tyro.cli(Args, args=argv, default=saved)
+    fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
+    if fixed:
+        sys.exit(f"{prog}: error: --resume {path}: {', '.join(fixed)} cannot change in a resumed run (it keeps its options)")
+    if args.total_timesteps <= checkpoint["global_step"]:
+        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps}: the checkpoint is at {checkpoint['global_step']}")
+    return args, checkpoint
+
+
+def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter, Optional[str]]:
+    """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
+    runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
+    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step)."""
+    if checkpoint:
+        run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = f"runs/{run_name}"
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            id=checkpoint["wandb_id"] if checkpoint else None,
+            resume="allow",
+            save_code=True,
+        )
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    if not checkpoint:
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return run_name, run_dir, writer, wandb.run.id if args.track else None
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -570,7 +551,12 @@ def restart_seed(seed: int, global_step: int) -> int:
     """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
     checkpoint restarts the games, a seed derived from it and the step, the same in a run that
     goes on and in one resumed there."""
-    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)  # < 2**30
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
+
+
+def crossed(step: int, stride: int, every: int) -> bool:
+    """Whether the last `stride` steps up to `step` crossed a multiple of `every`."""
+    return step // every > (step - stride) // every
 
 
 class StopRequest:
@@ -589,50 +575,38 @@ class StopRequest:
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this update (again to stop now)", file=sys.stderr)
 
-
-# ----------------------------------------------------------------------------------------------
-# Progress, video, evaluation
-# ----------------------------------------------------------------------------------------------
+    def exit(self, global_step: int, checkpoint_path: str) -> None:
+        """Say where the run stopped and how to go on; exit with status 128 + signal number."""
+        name, go_on = signal.Signals(self.signum).name, f"python {os.path.basename(__file__)} --resume {checkpoint_path}"
+        print(f"{name} at global_step {global_step}: checkpoint written; continue with: {go_on}", file=sys.stderr)
+        sys.exit(128 + self.signum)
 
 
 class Progress:
-    """One status line (steps, SPS, recent game return, ETA): redrawn in place on a terminal,
-    printed as a plain line every 30 s when output goes to a file. SPS and ETA use the last
-    30 s window, not the run's average (a run's speed changes: DQN's warm-up is ~8x faster
-    than its training)."""
+    """Every 10 s, one plain line (the same on a terminal and in a log file): steps, SPS and
+    ETA over the last 10 s (a run's speed changes: DQN's warm-up is much faster than its
+    training), and the mean return of the last 20 games (`returns`, appended by the loop)."""
 
-    def __init__(self, total: int, start_step: int = 0):
-        self.total, self.tty = total, sys.stderr.isatty()
-        self.start = self.window_time = time.time()
-        self.start_step = self.window_step = start_step  # a resumed run starts at its checkpoint's step
-        self.window_sps = None
-        self.last_draw, self.returns = 0.0, []
+    def __init__(self, total: int, step: int, every: float = 10.0):
+        self.total, self.step, self.every, self.time = total, step, every, time.time()
+        self.returns = collections.deque(maxlen=20)
 
-    def update(self, step: int, force: bool = False):
+    def __call__(self, step: int) -> None:
         now = time.time()
-        if now - self.window_time >= 30.0:
-            self.window_sps = (step - self.window_step) / (now - self.window_time)
-            self.window_time, self.window_step = now, step
-        if not force and now - self.last_draw < (0.5 if self.tty else 30.0):
-            return
-        self.last_draw = now
-        sps = self.window_sps if self.window_sps is not None else (step - self.start_step) / max(now - self.start, 1e-9)
-        eta = int((self.total - step) / max(sps, 1e-9))
-        ret = f"{np.mean(self.returns[-20:]):.1f}" if self.returns else "-"
-        filled = int(20 * step / self.total)
-        line = (
-            f"[{'#' * filled}{'.' * (20 - filled)}] {step:,}/{self.total:,} steps | {sps:,.0f} SPS | "
-            f"return(last 20) {ret} | ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
-        )
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self, step: int):
-        self.update(step, force=True)
-        if self.tty:
-            print(file=sys.stderr)
+        if now - self.time >= self.every:
+            sps = (step - self.step) / (now - self.time)
+            eta = datetime.timedelta(seconds=round((self.total - step) / max(sps, 1e-9)))
+            ret = f"{np.mean(self.returns):.1f}" if self.returns else "-"
+            print(f"{step:,}/{self.total:,} steps | {sps:,.0f} SPS | return {ret} (last 20 games) | ETA {eta}", flush=True)
+            self.step, self.time = step, now
 
 
-def save_gif(frames: list, path: str, fps: int = 15):
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
+
+
+def save_gif(frames: list, path: str, fps: int = 15) -> None:
     """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
     from PIL import Image
 
@@ -641,81 +615,10 @@ def save_gif(frames: list, path: str, fps: int = 15):
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 
-def video_schedule(game_index: int) -> bool:
-    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
-    if game_index < 1000:
-        return round(game_index ** (1 / 3)) ** 3 == game_index
-    return game_index % 1000 == 0
-
-
-def evaluate(
-    model_path: str,
-    env_id: str,
-    eval_episodes: int,
-    num_envs: int,
-    device: torch.device,
-    seed: int = 0,
-    video_path: Optional[str] = None,
-) -> list[float]:
-    """Play `eval_episodes` full games (all lives) sampling from the policy; return their raw
-    scores. Each env plays a fixed quota of games, so short games are not over-represented."""
-    num_envs = min(num_envs, eval_episodes)
-    envs = make_env(env_id, num_envs, life_loss_terminal=False)
-    agent = ActorCritic(envs.single_action_space.n).to(device)
-    agent.load_state_dict(torch.load(model_path, map_location=device))
-    agent.eval()
-    generator = torch.Generator(device).manual_seed(seed)
-    quota = np.array([eval_episodes // num_envs + (e < eval_episodes % num_envs) for e in range(num_envs)])
-    returns: list[list[float]] = [[] for _ in range(num_envs)]
-    running = np.zeros(num_envs)
-    frames = []
-    obs, _ = envs.reset(seed=seed)
-    while any(len(r) < q for r, q in zip(returns, quota)):
-        with torch.inference_mode():
-            logits, _ = agent(torch.from_numpy(obs).to(device))
-            actions = sample_actions(logits, generator).cpu().numpy()
-        if video_path and not returns[0]:
-            frames.append(obs[0, -1].copy())
-        obs, reward, terminated, truncated, _ = envs.step(actions)
-        running += reward
-        for e in np.flatnonzero(terminated | truncated):
-            if len(returns[e]) < quota[e]:
-                returns[e].append(float(running[e]))
-            running[e] = 0.0
-    envs.close()
-    if video_path and frames:
-        save_gif(frames, video_path)
-    return [r for per_env in returns for r in per_env]
-
-
 if __name__ == "__main__":
-    args, checkpoint = resumed(parse_args())
-    batch_size = args.num_envs * args.num_steps
-    num_iterations = args.total_timesteps // batch_size
-    run_name = checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            save_code=True,
-            id=checkpoint["wandb_id"] if checkpoint else None,
-            resume="allow",
-        )
+    args, checkpoint = parse_args()
     stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
-    # A resumed run appends to its own directory; TensorBoard drops what the stopped run logged
-    # after its checkpoint (purge_step), so no step is logged twice.
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
-    if not checkpoint:
-        writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-        )
-
+    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -733,26 +636,21 @@ if __name__ == "__main__":
 
     # The rollout's small arrays stay on the host and move to the device once per update.
     T, N = args.num_steps, args.num_envs
-    rewards_buf = np.zeros((T, N), dtype=np.float32)
-    terminated_buf = np.zeros((T, N), dtype=bool)
-    truncated_buf = np.zeros((T, N), dtype=bool)
-    truncation_values_buf = np.zeros((T, N), dtype=np.float32)
+    batch_size, num_iterations = T * N, args.total_timesteps // (T * N)
+    rewards_buf, truncation_values_buf = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=np.float32)
+    terminated_buf, truncated_buf = np.zeros((T, N), dtype=bool), np.zeros((T, N), dtype=bool)
 
     global_step, first_iteration, games_env0, video_frames = 0, 1, 0, []
     if checkpoint:
         agent.load_state_dict(checkpoint["agent"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        random.setstate(checkpoint["rng"]["python"])
-        global_step, first_iteration, games_env0 = checkpoint["global_step"], checkpoint["iteration"] + 1, checkpoint["games_env0"]
+        global_step, games_env0 = checkpoint["global_step"], checkpoint["games_env0"]
+        first_iteration = checkpoint["iteration"] + 1
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return = np.zeros(N)
-    game_length = np.zeros(N, dtype=np.int64)
-    progress = Progress(num_iterations * batch_size, global_step)
-    start_time, start_step = time.time(), global_step
-    checkpoint_path = f"runs/{run_name}/checkpoint.pt"
+    game_return, game_length = np.zeros(N), np.zeros(N, dtype=np.int64)
+    progress, start_time, start_step = Progress(num_iterations * batch_size, global_step), time.time(), global_step
+    checkpoint_path = f"{run_dir}/checkpoint.pt"
     for iteration in range(first_iteration, num_iterations + 1):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
@@ -760,8 +658,7 @@ if __name__ == "__main__":
 
         # Acting keeps its autograd graph: the parameters do not change during a rollout, so
         # backpropagating through the acting forward passes gives the same gradient as a second
-        # forward pass over the rollout would, without that pass (1,238 -> ~1,340 steps/s on
-        # 2 CPU cores).
+        # forward pass over the rollout would, without that pass.
         rollout_logits, rollout_values, rollout_actions, rollout_obs = [], [], [], []
         for t in range(T):
             rollout_obs.append(torch.from_numpy(obs).to(device))
@@ -800,16 +697,12 @@ if __name__ == "__main__":
         with torch.no_grad():
             _, next_value = policy_value(torch.from_numpy(obs).to(device))  # V(s_T), with the rollout's parameters
         logits, values = torch.stack(rollout_logits), torch.stack(rollout_values)  # (T, N, |A|), (T, N)
+        rewards, terminated, truncated, cut_values = (
+            torch.from_numpy(b).to(device) for b in (rewards_buf, terminated_buf, truncated_buf, truncation_values_buf)
+        )
+        bonuses = reward_bonus(logits.detach(), args.tau, args.regularizer)
         advantages, value_targets = n_step_advantages(
-            torch.from_numpy(rewards_buf).to(device),
-            reward_bonus(logits.detach(), args.tau, args.regularizer),
-            values.detach(),
-            next_value,
-            torch.from_numpy(terminated_buf).to(device),
-            torch.from_numpy(truncated_buf).to(device),
-            torch.from_numpy(truncation_values_buf).to(device),
-            args.gamma,
-            "proper",
+            rewards, bonuses, values.detach(), next_value, terminated, truncated, cut_values, args.gamma, "proper"
         )
         logits, values, actions = logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions)
         advantages, value_targets = advantages.flatten(), value_targets.flatten()
@@ -818,10 +711,10 @@ if __name__ == "__main__":
             q_loss = ql_loss(logits, values, actions, advantages, args.tau, args.vf_coef, args.grad_scaling)
             parts["q_loss"] = q_loss.detach()
         loss = q_loss if args.update == "ql" else pg_loss
-        if not torch.isfinite(loss):
-            progress.close(global_step)
+        if not torch.isfinite(loss):  # stop before the step that would spread it to the parameters
             bad = [f"losses/{k} ({v.item()})" for k, v in parts.items() if not torch.isfinite(v)] or [f"loss ({loss.item()})"]
-            sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} at global_step {global_step}, update {iteration}")
+            where = f"at global_step {global_step}, update {iteration}"
+            sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} {where}")
         if args.equiv_check_every > 0 and iteration % args.equiv_check_every == 0:  # on this batch, before the update,
             # through a forward pass of its own (see equivalence_check)
             check_logits, check_values = agent(torch.cat(rollout_obs))
@@ -838,61 +731,38 @@ if __name__ == "__main__":
         optimizer.step()
 
         if iteration % args.log_interval == 0 or iteration == num_iterations:
+            parts["explained_variance"] = explained_variance(values.detach(), value_targets)
             for key, value in parts.items():
                 writer.add_scalar(f"losses/{key}", value.item(), global_step)
-            writer.add_scalar(
-                "losses/explained_variance", explained_variance(values.detach(), value_targets).item(), global_step
-            )
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        progress.update(global_step)
+        progress(global_step)
 
-        due = args.checkpoint_every > 0 and global_step // args.checkpoint_every > (global_step - batch_size) // args.checkpoint_every
-        if due or stop.signum or (args.checkpoint_every > 0 and iteration == num_iterations):
+        last = iteration == num_iterations
+        if stop.signum or (args.checkpoint_every > 0 and (last or crossed(global_step, batch_size, args.checkpoint_every))):
             save_checkpoint(checkpoint_path, dict(
-                args=vars(args), run_name=run_name, wandb_id=wandb.run.id if args.track else None,
-                global_step=global_step, iteration=iteration, games_env0=games_env0,
-                agent=agent.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state(),
-                rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
+                args=vars(args), run_name=run_name, wandb_id=wandb_id, global_step=global_step, iteration=iteration,
+                games_env0=games_env0, agent=agent.state_dict(), optimizer=optimizer.state_dict(),
+                generator=generator.get_state(),
             ))  # fmt: skip
             if stop.signum:
                 break
-            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here
-            # and in any run resumed from it (their last rollout bootstrapped from V(s_T), as at
-            # a time limit; they are not logged as episodes): the two runs stay identical.
+            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a
+            # run resumed from it (their last rollout bootstrapped from V(s_T), as at a time limit; not logged).
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
-    progress.close(global_step)
     envs.close()
     del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
-    if stop.signum:
-        writer.close()
-        if args.track:
-            wandb.finish()
-        print(
-            f"{signal.Signals(stop.signum).name} at global_step {global_step}: checkpoint written to {checkpoint_path}; "
-            f"continue with: python {os.path.basename(__file__)} --resume {checkpoint_path}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stop.signum)
 
-    if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    if args.save_model and not stop.signum:
+        model_path = f"{run_dir}/{args.exp_name}.cleanrl_model"
         torch.save(agent.state_dict(), model_path)
         print(f"model saved to {model_path}")
-        episodic_returns = evaluate(
-            model_path,
-            args.env_id,
-            eval_episodes=args.eval_episodes,
-            num_envs=args.num_envs,
-            device=device,
-            seed=args.seed + 1,
-            video_path=f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None,
-        )
-        for idx, episodic_return in enumerate(episodic_returns):
+        video_path = f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None
+        returns = evaluate(model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path)
+        for idx, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
-        print(f"eval: mean episodic return {np.mean(episodic_returns):.2f} over {len(episodic_returns)} games")
-
+        print(f"eval: mean episodic return {np.mean(returns):.2f} over {len(returns)} games")
     writer.close()
-    if args.track:
-        wandb.finish()
+    if stop.signum:
+        stop.exit(global_step, checkpoint_path)
