@@ -1,15 +1,33 @@
-"""Shared test helpers: import the top-level scripts as modules, run them as a user does,
-and read back what they logged."""
+"""Shared test helpers: each script's smoke-run arguments, import the top-level scripts as
+modules, run them as a user does, read back what they logged, and a recorded rollout of real
+play for the environment and replay tests."""
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+# Tiny runs of each script, a few seconds each on 2 CPU cores.
+SMOKE = {
+    # 2 envs x 400 steps, 200 updates from a 600-slot buffer (it wraps)
+    "soft_dqn.py": (
+        "--num-envs 2 --total-timesteps 800 --learning-starts 400 --buffer-size 600 --batch-size 32 "
+        "--train-frequency 2 --target-network-frequency 100 --exploration-fraction 1.0 --end-e 0.5"
+    ).split(),
+    "a2c_entropy.py": "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25".split(),
+    "pgql_equiv.py": "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25 --equiv-check-every 20".split(),
+    "natural_pg_damped.py": (
+        "--num-envs 4 --num-steps 8 --total-timesteps 1024 --cg-iters 4 --policy-epochs 2 --value-epochs 2 --num-minibatches 2"
+    ).split(),
+}
+SCRIPTS = list(SMOKE)
 
 
 def run_in(cwd: Path, script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -51,7 +69,12 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 def scalars_of_runs(
-    tmp_path_factory, script: str, common: list[str], runs: dict[str, list[str]], env: dict | None = None, stderrs: dict | None = None
+    tmp_path_factory,
+    script: str,
+    common: list[str],
+    runs: dict[str, list[str]],
+    env: dict | None = None,
+    stderrs: dict | None = None,
 ) -> dict[str, dict]:
     """Run `script` once per entry of `runs` (the `common` arguments, then the entry's), each in
     its own directory, with `env` added to the environment; return each run's logged scalars by
@@ -70,3 +93,56 @@ def scalars_of_runs(
 def without_sps(scalars: dict) -> dict:
     """Logged scalars minus the wall-clock-dependent `charts/SPS`: what a fixed seed must repeat."""
     return {tag: values for tag, values in scalars.items() if tag != "charts/SPS"}
+
+
+NUM_ENVS, STEPS = 3, 1500
+
+
+@dataclass
+class Rollout:
+    """What the env returned, step by step: arrays of shape (STEPS, NUM_ENVS, ...)."""
+
+    obs: list = field(default_factory=list)  # observation the action was taken in
+    actions: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+    terminated: list = field(default_factory=list)
+    truncated: list = field(default_factory=list)
+    restarted: list = field(default_factory=list)
+    lives: list = field(default_factory=list)
+    prev_lives: list = field(default_factory=list)
+    episode_frame: list = field(default_factory=list)
+    next_obs: list = field(default_factory=list)
+    final_obs: list = field(default_factory=list)  # None where no env restarted
+
+
+@pytest.fixture(scope="session")
+def rollout():
+    """Random play on Breakout with a 700-frame time limit: life losses, game overs and
+    truncations all occur within the rollout."""
+    import soft_dqn
+
+    rng = np.random.default_rng(0)
+    envs = soft_dqn.make_env("BreakoutNoFrameskip-v4", NUM_ENVS, max_episode_frames=700)
+    obs, info = envs.reset(seed=0)
+    ro = Rollout()
+    for _ in range(STEPS):
+        actions = rng.integers(0, envs.single_action_space.n, NUM_ENVS)
+        prev_info = info
+        next_obs, reward, terminated, truncated, info = envs.step(actions)
+        ro.obs.append(obs)
+        ro.actions.append(actions)
+        ro.rewards.append(reward)
+        ro.terminated.append(terminated)
+        ro.truncated.append(truncated)
+        ro.restarted.append(soft_dqn.game_restarted(terminated, truncated, info, prev_info))
+        ro.lives.append(info["lives"])
+        ro.prev_lives.append(prev_info["lives"])
+        ro.episode_frame.append((prev_info["episode_frame_number"], info["episode_frame_number"]))
+        ro.next_obs.append(next_obs)
+        ro.final_obs.append(info["final_obs"].copy() if "final_obs" in info else None)
+        obs = next_obs
+    envs.close()
+    restarted, truncated = np.array(ro.restarted), np.array(ro.truncated)
+    life_losses = np.array(ro.terminated) & ~restarted
+    assert life_losses.sum() > 10 and (restarted & ~truncated).sum() > 3 and truncated.sum() > 3, "rollout too tame"
+    return ro

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
+from conftest import SMOKE, only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
 
 # 4 envs x 5 steps = 20 agent steps per update, 100 updates, losses logged every 25 (~5 s).
-SMOKE = "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25".split()
 TAGS = {
     "charts/episodic_return",
     "charts/episodic_length",
@@ -35,7 +34,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict[str, dict]:
     """The scalars each run of RUNS logged (same seed)."""
-    return scalars_of_runs(tmp_path_factory, "a2c_entropy.py", SMOKE, RUNS)
+    return scalars_of_runs(tmp_path_factory, "a2c_entropy.py", SMOKE["a2c_entropy.py"], RUNS)
 
 
 @pytest.mark.parametrize("name", RUNS)
@@ -68,6 +67,6 @@ def test_the_mode_reaches_the_update(smoke):
 
 
 def test_same_seed_gives_identical_logs(smoke, tmp_path):
-    proc = run_in(tmp_path, "a2c_entropy.py", *SMOKE, *RUNS["proper-kl"])
+    proc = run_in(tmp_path, "a2c_entropy.py", *SMOKE["a2c_entropy.py"], *RUNS["proper-kl"])
     assert proc.returncode == 0, proc.stderr
     assert without_sps(read_scalars(only_run_dir(tmp_path))) == without_sps(smoke["proper-kl"])

@@ -10,13 +10,17 @@ import torch
 import a2c_entropy as a2c
 
 
-def advantages(rewards, bonuses, values, next_value, terminated, truncated=None, truncation_values=None, gamma=0.5, mode="proper"):
+def advantages(
+    rewards, bonuses, values, next_value, terminated, truncated=None, truncation_values=None, gamma=0.5, mode="proper"
+):
     """n_step_advantages on (T, N) lists, float64; truncation defaults to never."""
     f = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     terminated = torch.tensor(terminated)
     truncated = torch.zeros_like(terminated) if truncated is None else torch.tensor(truncated)
     cut_values = torch.zeros(terminated.shape, dtype=torch.float64) if truncation_values is None else f(truncation_values)
-    return a2c.n_step_advantages(f(rewards), f(bonuses), f(values), f(next_value), terminated, truncated, cut_values, gamma, mode)
+    return a2c.n_step_advantages(
+        f(rewards), f(bonuses), f(values), f(next_value), terminated, truncated, cut_values, gamma, mode
+    )
 
 
 # One rollout, T = 4 steps of 4 envs (columns), gamma = 0.5:
@@ -28,8 +32,18 @@ REWARDS = [[1, 0, 0, 1], [0, 1, 1, 1], [2, 0, 0, 1], [1, 1, 1, 1]]
 BONUSES = [[0.1, -0.1, 0.5, 0], [0.2, -0.2, 0.5, 0], [0.3, -0.3, 0.5, 0], [0.4, -0.4, 0.5, 0]]
 VALUES = [[0.5, 1, 1, 0], [1, 1, 1, 0], [1.5, 1, 1, 0], [2, 1, 1, 0]]
 NEXT_VALUE = [4, 100, 2, 2]
-TERMINATED = [[False, False, False, False], [True, False, False, True], [False, False, False, False], [False, True, False, False]]
-TRUNCATED = [[False, False, False, False], [False, False, True, True], [False, False, False, False], [False, False, False, False]]
+TERMINATED = [
+    [False, False, False, False],
+    [True, False, False, True],
+    [False, False, False, False],
+    [False, True, False, False],
+]
+TRUNCATED = [
+    [False, False, False, False],
+    [False, False, True, True],
+    [False, False, False, False],
+    [False, False, False, False],
+]
 TRUNCATION_VALUES = [[0, 0, 0, 0], [0, 0, 8, 50], [0, 0, 0, 0], [0, 0, 0, 0]]
 
 # Worked backwards from t = 3 (Vhat_t = r_t [+ bonus_t] + gamma * Vhat_{t+1}, cut at terminations):
@@ -158,8 +172,12 @@ def test_loss_gradient_is_the_paper_estimator_by_hand(mode, regularizer):
     logits, values = x @ W, x @ u
     next_value = (x_next @ u).detach()
     bonus = a2c.reward_bonus(logits.detach(), tau, regularizer)
-    adv, vhat = a2c.n_step_advantages(rewards, bonus, values.detach(), next_value, terminated, no, torch.zeros(T, N, dtype=torch.float64), gamma, mode)
-    loss, _ = a2c.a2c_loss(logits.flatten(0, 1), values.flatten(), actions.flatten(), adv.flatten(), vhat.flatten(), tau, regularizer, c)
+    adv, vhat = a2c.n_step_advantages(
+        rewards, bonus, values.detach(), next_value, terminated, no, torch.zeros(T, N, dtype=torch.float64), gamma, mode
+    )
+    loss, _ = a2c.a2c_loss(
+        logits.flatten(0, 1), values.flatten(), actions.flatten(), adv.flatten(), vhat.flatten(), tau, regularizer, c
+    )
     g_W, g_u = torch.autograd.grad(loss, [W, u])
 
     with torch.no_grad():
@@ -199,7 +217,9 @@ def test_loss_gradient_is_the_paper_estimator_by_hand(mode, regularizer):
 def test_loss_parts():
     logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3)]])
     values = torch.tensor([1.0, 2.0])
-    loss, parts = a2c.a2c_loss(logits, values, torch.tensor([0, 1]), torch.tensor([2.0, -1.0]), torch.tensor([0.0, 4.0]), 0.1, "kl", 0.5)
+    loss, parts = a2c.a2c_loss(
+        logits, values, torch.tensor([0, 1]), torch.tensor([2.0, -1.0]), torch.tensor([0.0, 4.0]), 0.1, "kl", 0.5
+    )
     policy_loss = -(math.log(0.5) * 2.0 + math.log(0.75) * -1.0) / 2
     kl = (0.0 + 0.25 * math.log(0.5) + 0.75 * math.log(1.5)) / 2
     value_loss = 0.5 * (1.0 + 4.0) / 2

@@ -1,96 +1,180 @@
-"""What every script does the same way: bad options stop with one line on stderr and a
-non-zero exit before anything is built; a loss that turns non-finite stops the run with a
-message naming the loss, the step and the update; --save-model saves, then evaluates."""
+"""What every script does the same way: bad options stop with a message naming the option and a
+non-zero exit before anything is built (tyro's box, status 2; resume errors: one line, status
+1); --resume takes the checkpoint's options as defaults; a loss that turns non-finite stops the
+run with a message naming the loss, the step and the update; --save-model saves, then evaluates."""
 
+import importlib
 import runpy
 import sys
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import ROOT, only_run_dir, read_scalars
+from conftest import ROOT, SCRIPTS, SMOKE, only_run_dir, read_scalars
 
-from test_a2c_entropy_cli import SMOKE as A2C_SMOKE
-from test_natural_pg_damped_cli import SMOKE as NPG_SMOKE
-from test_pgql_equiv_cli import SMOKE as PGQL_SMOKE
-from test_soft_dqn_cli import SMOKE as DQN_SMOKE
+MODULES = {script: importlib.import_module(script[: -len(".py")]) for script in SCRIPTS}
+
+BAD_INPUT = [
+    ("soft_dqn.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
+    ("soft_dqn.py", ["--tau", "-0.1"], "--tau must be a finite number >= 0"),
+    ("soft_dqn.py", ["--n-step", "0"], "--n-step and --num-envs must be >= 1"),
+    ("soft_dqn.py", ["--num-envs", "0"], "--n-step and --num-envs must be >= 1"),
+    ("soft_dqn.py", ["--batch-size", "64", "--buffer-size", "32"], "--batch-size 64 is larger than --buffer-size"),
+    ("soft_dqn.py", ["--learning-starts", "16"], "--learning-starts must be >= 32 to sample a whole batch"),
+    ("soft_dqn.py", ["--learning-starts", "20000000"], "--learning-starts must be below --total-timesteps"),
+    ("soft_dqn.py", ["--buffer-size", "40", "--batch-size", "8", "--num-envs", "8"], "leaves 5 slots per env"),
+    ("soft_dqn.py", ["--learning-rate", "nan"], "--learning-rate must be a finite number > 0"),
+    ("soft_dqn.py", ["--end-e", "2"], "need 0 <= --end-e <= --start-e <= 1"),
+    ("soft_dqn.py", ["--exploration-fraction", "0"], "--exploration-fraction must be in (0, 1]"),
+    ("soft_dqn.py", ["--train-frequency", "0"], "--*-frequency must be >= 1"),
+    ("soft_dqn.py", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    ("soft_dqn.py", ["--eval-episodes", "0"], "--eval-episodes must be >= 1"),
+    ("soft_dqn.py", ["--tau", "abc"], "Error parsing --tau: could not convert string to float: 'abc'"),
+    ("soft_dqn.py", ["--regularizer", "foo"], "invalid choice 'foo' for argument '--regularizer'"),
+    ("soft_dqn.py", ["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
+    ("soft_dqn.py", ["--seed", "-1"], "--seed must be in [0, 2**31 - 2**16)"),
+    ("soft_dqn.py", ["--cudagraphs", "--no-cuda"], "--cudagraphs needs --compile"),
+    ("soft_dqn.py", ["--compile", "--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device"),
+    ("soft_dqn.py", ["--checkpoint-every", "-1"], "--checkpoint-every >= 0"),
+    ("a2c_entropy.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
+    ("a2c_entropy.py", ["--tau", "-0.01"], "--tau must be a finite number >= 0"),
+    ("a2c_entropy.py", ["--tau", "inf"], "--tau must be a finite number >= 0"),
+    ("a2c_entropy.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
+    ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
+    (
+        "a2c_entropy.py",
+        ["--total-timesteps", "50"],
+        "--total-timesteps 50 is less than one rollout (--num-envs * --num-steps = 80)",
+    ),
+    ("a2c_entropy.py", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    ("a2c_entropy.py", ["--learning-rate", "0"], "--learning-rate must be a finite number > 0"),
+    ("a2c_entropy.py", ["--vf-coef", "-1"], "--vf-coef must be a finite number >= 0"),
+    ("a2c_entropy.py", ["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
+    ("a2c_entropy.py", ["--entropy-mode", "foo"], "invalid choice 'foo' for argument '--entropy-mode'"),
+    ("a2c_entropy.py", ["--regularizer", "l2"], "invalid choice 'l2' for argument '--regularizer'"),
+    ("a2c_entropy.py", ["--num-steps", "five"], "Error parsing --num-steps"),
+    ("a2c_entropy.py", ["--seed", "-1"], "--seed must be in [0, 2**31 - 2**16)"),
+    ("a2c_entropy.py", ["--rmsprop-eps", "inf"], "--rmsprop-eps must be a finite number > 0"),
+    ("pgql_equiv.py", ["--update", "ql", "--tau", "0"], "--tau 0 has no soft Q-function"),
+    ("pgql_equiv.py", ["--tau", "0"], "for plain A2C pass --equiv-check-every 0"),
+    ("pgql_equiv.py", ["--tau", "-1"], "--tau must be a finite number >= 0"),
+    ("pgql_equiv.py", ["--equiv-check-every", "-1"], "--equiv-check-every must be >= 0"),
+    ("pgql_equiv.py", ["--update", "sarsa"], "invalid choice 'sarsa' for argument '--update'"),
+    ("pgql_equiv.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
+    ("pgql_equiv.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
+    ("pgql_equiv.py", ["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
+    ("natural_pg_damped.py", ["--seed", str(2**31)], "--seed must be in [0, 2**31 - 2**16)"),
+    ("natural_pg_damped.py", ["--eps", "0"], "--eps must be in (0, 1]"),
+    ("natural_pg_damped.py", ["--eps", "1.5"], "--eps must be in (0, 1]"),
+    ("natural_pg_damped.py", ["--tau", "0"], "--tau must be a finite number > 0"),
+    ("natural_pg_damped.py", ["--cg-iters", "0"], "--cg-iters must be >= 1"),
+    ("natural_pg_damped.py", ["--cg-damping", "-1"], "--cg-damping must be a finite number >= 0"),
+    ("natural_pg_damped.py", ["--max-kl", "0"], "--max-kl must be a finite number > 0"),
+    ("natural_pg_damped.py", ["--policy-epochs", "0"], "--policy-epochs must be >= 1"),
+    ("natural_pg_damped.py", ["--value-lr", "-1"], "--value-lr must be a finite number > 0"),
+    ("natural_pg_damped.py", ["--num-minibatches", "400"], "--num-minibatches must be in [1, num-envs * num-steps = 320]"),
+    ("natural_pg_damped.py", ["--solver", "trpo"], "invalid choice 'trpo' for argument '--solver'"),
+    ("natural_pg_damped.py", ["--fisher", "diagonal"], "invalid choice 'diagonal' for argument '--fisher'"),
+    ("natural_pg_damped.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
+]
+
+
+def tyro_error(capsys) -> str:
+    """What tyro printed to stderr, its box and line wrapping undone."""
+    return " ".join(capsys.readouterr().err.replace("\u2502", " ").split())
+
+
+@pytest.mark.parametrize("script, argv, message", BAD_INPUT)
+def test_bad_input_names_the_option_and_exits_2(capsys, script, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        MODULES[script].parse_args(argv)
+    assert stop.value.code == 2
+    assert message in tyro_error(capsys)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_stops_before_anything_is_built(run_script, tmp_path, script):
+    proc = run_script(script, "--seed", "-1")
+    assert proc.returncode == 2 and "--seed must be in [0, 2**31 - 2**16)" in " ".join(
+        proc.stderr.replace("\u2502", " ").split()
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def checkpoint_file(tmp_path):
+    """A checkpoint as a2c_entropy.py writes it at step 1000 (the options and step are all that
+    --resume reads before the run starts), in its run directory."""
+
+    def write(script: str = "a2c_entropy.py", step: int = 1000, **options) -> str:
+        args = MODULES[script].parse_args([*SMOKE[script], *options.get("argv", [])])[0]
+        path = tmp_path / "runs" / "run" / "checkpoint.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(args=vars(args), run_name="run", global_step=step), path)
+        return str(path)
+
+    return write
+
+
+@pytest.mark.parametrize("spelling", ["--total-timesteps", "--total_timesteps"])
+def test_resume_takes_the_saved_options_as_defaults(checkpoint_file, spelling):
+    path = checkpoint_file(argv=["--tau", "0.05", "--gamma", "0.9"])
+    args, checkpoint = MODULES["a2c_entropy.py"].parse_args(["--resume", path, spelling, "5000", "--checkpoint_every", "500"])
+    assert (args.tau, args.gamma, args.num_envs, args.resume) == (0.05, 0.9, 4, path)
+    assert (args.total_timesteps, args.checkpoint_every, checkpoint["global_step"]) == (5000, 500, 1000)
 
 
 @pytest.mark.parametrize(
-    "script, args, message",
+    "argv, message",
     [
-        ("soft_dqn.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
-        ("soft_dqn.py", ["--tau", "-0.1"], "--tau must be a finite number >= 0"),
-        ("soft_dqn.py", ["--n-step", "0"], "--n-step must be >= 1"),
-        ("soft_dqn.py", ["--batch-size", "64", "--buffer-size", "32"], "--batch-size 64 is larger than --buffer-size 32"),
-        ("soft_dqn.py", ["--learning-starts", "16"], "--learning-starts 16 is below --batch-size 32"),
-        ("soft_dqn.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
-        ("soft_dqn.py", ["--buffer-size", "40", "--batch-size", "8", "--num-envs", "8"], "slots per env"),
-        ("soft_dqn.py", ["--learning-rate", "nan"], "--learning-rate must be a finite number > 0"),
-        ("soft_dqn.py", ["--end-e", "2"], "need 0 <= --end-e <= --start-e <= 1"),
-        ("soft_dqn.py", ["--tau", "abc"], "Error parsing --tau: could not convert string to float: 'abc'"),
-        ("soft_dqn.py", ["--regularizer", "foo"], "invalid choice 'foo' for argument '--regularizer'"),
-        ("soft_dqn.py", ["--no-such-option", "1"], "Unrecognized options: --no-such-option"),
-        ("soft_dqn.py", ["--seed", "-1"], "--seed must be in [0, 2**31 - 2**16)"),
-        ("soft_dqn.py", ["--cudagraphs", "--no-cuda"], "--cudagraphs needs --compile"),
-        ("soft_dqn.py", ["--compile", "--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device"),
-        ("soft_dqn.py", ["--buffer-device", "cuda", "--no-cuda"], "--buffer-device cuda needs a CUDA device"),
-        ("a2c_entropy.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
-        ("a2c_entropy.py", ["--tau", "-0.01"], "--tau must be a finite number >= 0"),
-        ("a2c_entropy.py", ["--tau", "inf"], "--tau must be a finite number >= 0"),
-        ("a2c_entropy.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
-        ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
-        ("a2c_entropy.py", ["--total-timesteps", "50"], "--total-timesteps 50 is less than one rollout (num-envs * num-steps = 80)"),
-        ("a2c_entropy.py", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
-        ("a2c_entropy.py", ["--learning-rate", "0"], "--learning-rate must be a finite number > 0"),
-        ("a2c_entropy.py", ["--vf-coef", "-1"], "--vf-coef must be a finite number >= 0"),
-        ("a2c_entropy.py", ["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
-        ("a2c_entropy.py", ["--entropy-mode", "foo"], "invalid choice 'foo' for argument '--entropy-mode'"),
-        ("a2c_entropy.py", ["--regularizer", "l2"], "invalid choice 'l2' for argument '--regularizer'"),
-        ("a2c_entropy.py", ["--num-steps", "five"], "Error parsing --num-steps"),
-        ("a2c_entropy.py", ["--seed", "-1"], "--seed must be in [0, 2**31 - 2**16)"),
-        ("natural_pg_damped.py", ["--seed", str(2**31)], "--seed must be in [0, 2**31 - 2**16)"),
-        ("a2c_entropy.py", ["--rmsprop-eps", "inf"], "--rmsprop-eps must be a finite number > 0"),
-        ("pgql_equiv.py", ["--update", "ql", "--tau", "0"], "--tau 0 has no soft Q-function"),
-        ("pgql_equiv.py", ["--tau", "0"], "for plain A2C pass --equiv-check-every 0"),
-        ("pgql_equiv.py", ["--tau", "-1"], "--tau must be a finite number >= 0"),
-        ("pgql_equiv.py", ["--equiv-check-every", "-1"], "--equiv-check-every must be >= 0"),
-        ("pgql_equiv.py", ["--update", "sarsa"], "invalid choice 'sarsa' for argument '--update'"),
-        ("pgql_equiv.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
-        ("pgql_equiv.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
-        ("natural_pg_damped.py", ["--eps", "0"], "--eps must be in (0, 1]"),
-        ("natural_pg_damped.py", ["--eps", "1.5"], "--eps must be in (0, 1]"),
-        ("natural_pg_damped.py", ["--tau", "0"], "--tau must be a finite number > 0"),
-        ("natural_pg_damped.py", ["--cg-iters", "0"], "--cg-iters must be >= 1"),
-        ("natural_pg_damped.py", ["--cg-damping", "-1"], "--cg-damping must be a finite number >= 0"),
-        ("natural_pg_damped.py", ["--max-kl", "0"], "--max-kl must be a finite number > 0"),
-        ("natural_pg_damped.py", ["--policy-epochs", "0"], "--policy-epochs must be >= 1"),
-        ("natural_pg_damped.py", ["--value-lr", "-1"], "--value-lr must be a finite number > 0"),
-        ("natural_pg_damped.py", ["--num-minibatches", "400"], "--num-minibatches must be in [1, num-envs * num-steps = 320]"),
-        ("natural_pg_damped.py", ["--solver", "trpo"], "invalid choice 'trpo' for argument '--solver'"),
-        ("natural_pg_damped.py", ["--fisher", "diagonal"], "invalid choice 'diagonal' for argument '--fisher'"),
-        ("natural_pg_damped.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
-        ("soft_dqn.py", ["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
-        ("a2c_entropy.py", ["--resume", "no/such.pt"], "--resume no/such.pt: no such checkpoint file"),
-        ("pgql_equiv.py", ["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
-        ("natural_pg_damped.py", ["--resume", "missing.pt"], "--resume missing.pt: no such checkpoint file"),
+        (["--num-envs", "8"], "--num-envs cannot change in a resumed run"),
+        (["--save-model", "--tau", "0.5"], "--save-model, --tau cannot change in a resumed run"),
+        (["--total-timesteps", "1000"], "--total-timesteps 1000: the checkpoint is at 1000"),
+        (["--total-timesteps", "500"], "--total-timesteps 500: the checkpoint is at 1000"),
     ],
 )
-def test_bad_input_one_line_nonzero_exit(run_script, tmp_path, script, args, message):
-    proc = run_script(script, *args)
-    assert proc.returncode != 0
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
-    assert not (tmp_path / "runs").exists()  # stopped before anything was built
+def test_resume_refuses_what_it_cannot_do_in_one_line(checkpoint_file, argv, message):
+    path = checkpoint_file()
+    with pytest.raises(SystemExit) as stop:
+        MODULES["a2c_entropy.py"].parse_args(["--resume", path, *argv])
+    assert message in stop.value.code and stop.value.code.count("\n") == 0
+
+
+def test_resume_rechecks_the_saved_options(checkpoint_file, capsys):
+    with pytest.raises(SystemExit) as stop:
+        MODULES["a2c_entropy.py"].parse_args(["--resume", checkpoint_file(), "--gamma", "2"])
+    assert stop.value.code == 2 and "--gamma must be in [0, 1]" in tyro_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "script, path, message",
+    [
+        ("a2c_entropy.py", "no/such.pt", "--resume no/such.pt: no such checkpoint file"),
+        ("natural_pg_damped.py", "runs/run/checkpoint.pt", "not a checkpoint of this script"),
+    ],
+)
+def test_resume_of_a_missing_or_foreign_file_is_one_line(checkpoint_file, monkeypatch, tmp_path, script, path, message):
+    checkpoint_file("a2c_entropy.py")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        MODULES[script].parse_args(["--resume", path])
+    assert message in stop.value.code and stop.value.code.count("\n") == 0
 
 
 @pytest.mark.parametrize(
     "script, args, loss",
     [
-        ("soft_dqn.py", [*DQN_SMOKE, "--learning-rate", "1e30"], "losses/td_loss"),
-        ("a2c_entropy.py", [*A2C_SMOKE, "--learning-rate", "1e30"], "losses/policy_loss"),
-        ("pgql_equiv.py", [*PGQL_SMOKE, "--update", "ql", "--learning-rate", "1e30"], "losses/q_loss"),
-        ("natural_pg_damped.py", [*NPG_SMOKE, "--value-lr", "1e30"], "losses/value_loss"),
-        ("natural_pg_damped.py", [*NPG_SMOKE, "--policy-lr", "1e30", "--max-kl", "None"], "losses/damped_q_loss"),
+        ("soft_dqn.py", [*SMOKE["soft_dqn.py"], "--learning-rate", "1e30"], "losses/td_loss"),
+        ("a2c_entropy.py", [*SMOKE["a2c_entropy.py"], "--learning-rate", "1e30"], "losses/policy_loss"),
+        ("pgql_equiv.py", [*SMOKE["pgql_equiv.py"], "--update", "ql", "--learning-rate", "1e30"], "losses/q_loss"),
+        ("natural_pg_damped.py", [*SMOKE["natural_pg_damped.py"], "--value-lr", "1e30"], "losses/value_loss"),
+        (
+            "natural_pg_damped.py",
+            [*SMOKE["natural_pg_damped.py"], "--policy-lr", "1e30", "--max-kl", "None"],
+            "losses/damped_q_loss",
+        ),
     ],
 )
 def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script, script, args, loss):
@@ -100,12 +184,9 @@ def test_non_finite_loss_stops_the_run_naming_step_and_loss(run_script, script, 
     assert "at global_step" in proc.stderr and ", update " in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize(
-    "script, args",
-    [("soft_dqn.py", DQN_SMOKE), ("a2c_entropy.py", A2C_SMOKE), ("pgql_equiv.py", PGQL_SMOKE), ("natural_pg_damped.py", NPG_SMOKE)],
-)
-def test_save_model_then_evaluate(run_script, tmp_path, script, args):
-    proc = run_script(script, *args, "--save-model", "--eval-episodes", "3", "--capture-video")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_save_model_then_evaluate(run_script, tmp_path, script):
+    proc = run_script(script, *SMOKE[script], "--save-model", "--eval-episodes", "3", "--capture-video")
     assert proc.returncode == 0, proc.stderr
     run_dir = only_run_dir(tmp_path)
     assert (run_dir / script.replace(".py", ".cleanrl_model")).exists()
@@ -115,8 +196,8 @@ def test_save_model_then_evaluate(run_script, tmp_path, script, args):
     assert "eval-game-0.gif" in gifs and "train-game-0.gif" in gifs
 
 
-@pytest.mark.parametrize("script, args", [("a2c_entropy.py", A2C_SMOKE), ("natural_pg_damped.py", NPG_SMOKE)])
-def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path, script, args):
+@pytest.mark.parametrize("script", ["a2c_entropy.py", "natural_pg_damped.py"])
+def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path, script):
     """The 108,000-frame limit is never reached in a smoke run: run the script in-process
     with a 400-frame limit (100 agent steps), so most games end by truncation."""
     import ale_py.vector_env
@@ -134,9 +215,9 @@ def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path, 
 
     monkeypatch.setattr(ale_py.vector_env, "AtariVectorEnv", Limited)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.setattr(sys, "argv", [script, *SMOKE[script]])
     result = runpy.run_path(str(ROOT / script), run_name="__main__")
-    total = int(args[args.index("--total-timesteps") + 1])
+    total = int(SMOKE[script][SMOKE[script].index("--total-timesteps") + 1])
     games = 4 * (total // 4 // 100)  # 4 envs, 100 steps a game at most
     assert np.sum(truncations) >= 0.75 * games
     lengths = [length for _, length in read_scalars(only_run_dir(tmp_path))["charts/episodic_length"]]

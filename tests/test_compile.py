@@ -5,20 +5,16 @@ so this checks the compiled graphs themselves; their CUDA (and CUDA-graph) versi
 import numpy as np
 import pytest
 
-from conftest import scalars_of_runs, without_sps
+from conftest import SMOKE, scalars_of_runs, without_sps
 
-from test_a2c_entropy_cli import SMOKE as A2C_SMOKE
-from test_natural_pg_damped_cli import SMOKE as NPG_SMOKE
-from test_pgql_equiv_cli import SMOKE as PGQL_SMOKE
-from test_soft_dqn_cli import SMOKE as DQN_SMOKE
 
 RUNS = {
     # n-step soft backup: acting computes Q at every step, so both compiled functions run
-    "soft_dqn": ("soft_dqn.py", [*DQN_SMOKE, "--tau", "0.1", "--n-step", "3"]),
-    "a2c_entropy": ("a2c_entropy.py", A2C_SMOKE),
-    "pgql_equiv": ("pgql_equiv.py", [*PGQL_SMOKE, "--update", "ql"]),
+    "soft_dqn": ("soft_dqn.py", [*SMOKE["soft_dqn.py"], "--tau", "0.1", "--n-step", "3"]),
+    "a2c_entropy": ("a2c_entropy.py", SMOKE["a2c_entropy.py"]),
+    "pgql_equiv": ("pgql_equiv.py", [*SMOKE["pgql_equiv.py"], "--update", "ql"]),
     # damped-q: the compiled networks take the Adam steps, the compiled J v the diagnostic CG solve
-    "natural_pg_damped": ("natural_pg_damped.py", NPG_SMOKE),
+    "natural_pg_damped": ("natural_pg_damped.py", SMOKE["natural_pg_damped.py"]),
 }
 
 
@@ -28,7 +24,12 @@ def test_compiled_run_logs_what_the_eager_run_logs(tmp_path_factory, name):
     # TORCH_LOGS=graph_code prints every graph dynamo captures: proof that --compile compiled
     stderr = {}
     logs = scalars_of_runs(
-        tmp_path_factory, script, common, {"eager": [], "compiled": ["--compile"]}, env={"TORCH_LOGS": "graph_code"}, stderrs=stderr
+        tmp_path_factory,
+        script,
+        common,
+        {"eager": [], "compiled": ["--compile"]},
+        env={"TORCH_LOGS": "graph_code"},
+        stderrs=stderr,
     )
     assert "TRACED GRAPH" not in stderr["eager"]
     assert stderr["compiled"].count("TRACED GRAPH") >= 2, stderr["compiled"][-2000:]
@@ -36,4 +37,6 @@ def test_compiled_run_logs_what_the_eager_run_logs(tmp_path_factory, name):
     assert eager.keys() == compiled.keys()
     for tag in eager:
         assert [s for s, _ in compiled[tag]] == [s for s, _ in eager[tag]], tag
-        np.testing.assert_allclose([v for _, v in compiled[tag]], [v for _, v in eager[tag]], rtol=1e-3, atol=1e-5, err_msg=tag)
+        np.testing.assert_allclose(
+            [v for _, v in compiled[tag]], [v for _, v in eager[tag]], rtol=1e-3, atol=1e-5, err_msg=tag
+        )

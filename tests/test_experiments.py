@@ -4,7 +4,6 @@ Slurm through submitit's local debug executor) and the plot/table."""
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +29,13 @@ args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
 
 
 @pytest.mark.parametrize(
-    "name, runs, frames", [("fig1_a2c_entropy", 36, 320_000_000), ("fig2_soft_dqn", 72, 40_000_000), ("fig3_pgql", 36, 320_000_000), ("sec5_natural_pg", 18, 40_000_000)]
+    "name, runs, frames",
+    [
+        ("fig1_a2c_entropy", 36, 320_000_000),
+        ("fig2_soft_dqn", 72, 40_000_000),
+        ("fig3_pgql", 36, 320_000_000),
+        ("sec5_natural_pg", 18, 40_000_000),
+    ],
 )
 def test_descriptions_plan_the_papers_runs_with_options_the_script_accepts(tmp_path, name, runs, frames):
     planned = runner.plan(str(ROOT / "experiments" / f"{name}.toml"), tmp_path, None, None, None, None, [])
@@ -38,8 +43,8 @@ def test_descriptions_plan_the_papers_runs_with_options_the_script_accepts(tmp_p
     assert len({r.directory for r in planned}) == runs
     module = importlib.import_module(planned[0].script.removesuffix(".py"))
     for r in planned:
-        args = tyro.cli(module.Args, args=r.command(250_000)[2:])  # every option exists and parses...
-        module.check_args(args)  # ...and describes a valid run
+        # every option exists, parses and describes a valid run (Args.__post_init__)
+        args = tyro.cli(module.Args, args=r.command(250_000)[2:])
         assert args.env_id == r.game and args.seed == r.seed and args.total_timesteps == frames // 4
 
 
@@ -61,9 +66,25 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
     done = json.loads((extended / "done.json").read_text())
     assert done["frames"] == 10000 and "--resume" in done["command"]
     run_dir = next(p.parent for p in (extended / "runs").rglob("events.out.tfevents.*"))
-    assert [s for s, _ in read_scalars(run_dir)["losses/policy_loss"]] == [*range(200, 2401, 200), 2500]  # every 10 updates and the last
+    assert [s for s, _ in read_scalars(run_dir)["losses/policy_loss"]] == [
+        *range(200, 2401, 200),
+        2500,
+    ]  # every 10 updates and the last
 
-    assert plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "fig.png"), "--last", "3"]) == 0
+    assert (
+        plot.main(
+            [
+                str(tmp_path / "tiny.toml"),
+                "--results",
+                str(tmp_path / "res"),
+                "--out",
+                str(tmp_path / "fig.png"),
+                "--last",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "fig.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     # the tables, recomputed here from the logs: mean +- std over seeds of each seed's last 3 games,
@@ -72,7 +93,9 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
         finals = []
         for seed in (1, 2):
             d = tmp_path / "res" / "tiny" / variant / "BreakoutNoFrameskip-v4" / f"seed{seed}"
-            returns = [v for _, v in read_scalars(next(p.parent for p in d.rglob("events.out.tfevents.*")))["charts/episodic_return"]]
+            returns = [
+                v for _, v in read_scalars(next(p.parent for p in d.rglob("events.out.tfevents.*")))["charts/episodic_return"]
+            ]
             finals.append(np.mean(returns[-3:]))
         assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
         assert f"| {name} | {np.mean((np.array(finals) - 1.7) / (30.5 - 1.7)):.3f} | [" in printed

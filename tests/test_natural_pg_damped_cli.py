@@ -6,10 +6,9 @@ import math
 
 import pytest
 
-from conftest import only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
+from conftest import SMOKE, only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
 
 # 4 envs x 8 steps = 32 agent steps per iteration, 32 iterations (~5 s a run).
-SMOKE = "--num-envs 4 --num-steps 8 --total-timesteps 1024 --cg-iters 4 --policy-epochs 2 --value-epochs 2 --num-minibatches 2".split()
 TAGS = {
     "charts/episodic_return",
     "charts/episodic_length",
@@ -38,7 +37,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict[str, dict]:
     """The scalars each run of RUNS logged (same seed)."""
-    return scalars_of_runs(tmp_path_factory, "natural_pg_damped.py", SMOKE, RUNS)
+    return scalars_of_runs(tmp_path_factory, "natural_pg_damped.py", SMOKE["natural_pg_damped.py"], RUNS)
 
 
 def values(scalars: dict, tag: str) -> list[float]:
@@ -52,7 +51,9 @@ def test_smoke_run_logs_every_iteration(smoke, name):
     assert [step for step, _ in scalars["npg/kl_old_new"]] == list(range(32, 1025, 32))
     for tag in TAGS - {"charts/episodic_return", "charts/episodic_length"}:
         assert all(math.isfinite(v) for v in values(scalars, tag)), tag
-    assert all(-1 - 1e-6 <= c <= 1 + 1e-6 for c in values(scalars, "npg/cosine_step") + values(scalars, "npg/cosine_step_fisher"))
+    assert all(
+        -1 - 1e-6 <= c <= 1 + 1e-6 for c in values(scalars, "npg/cosine_step") + values(scalars, "npg/cosine_step_fisher")
+    )
     assert all(k >= 0 for k in values(scalars, "npg/kl_old_new"))
 
 
@@ -95,6 +96,6 @@ def test_the_options_reach_the_update(smoke):
 
 
 def test_same_seed_gives_identical_logs(smoke, tmp_path):
-    proc = run_in(tmp_path, "natural_pg_damped.py", *SMOKE, *RUNS["damped-q"])
+    proc = run_in(tmp_path, "natural_pg_damped.py", *SMOKE["natural_pg_damped.py"], *RUNS["damped-q"])
     assert proc.returncode == 0, proc.stderr
     assert without_sps(read_scalars(only_run_dir(tmp_path))) == without_sps(smoke["damped-q"])

@@ -154,7 +154,9 @@ def test_gauss_newton_step_of_damped_q_regression_is_the_natural_step(tau, eps, 
 
     def loss(theta):
         logits = p["logits_of"](theta)
-        return damped_q_loss(logits, p["values"], p["actions"], targets, tau) + proximal_term([theta], params_old, tau, damping)
+        return damped_q_loss(logits, p["values"], p["actions"], targets, tau) + proximal_term(
+            [theta], params_old, tau, damping
+        )
 
     grad = jacobian(loss, theta_old)
     residual_jacobian = jacobian(lambda th: damped_residual(p, th, tau, eps), theta_old)
@@ -163,7 +165,9 @@ def test_gauss_newton_step_of_damped_q_regression_is_the_natural_step(tau, eps, 
 
     psi, A = p["psi"], p["A"]
     P = psi.shape[1]
-    natural = (eps / tau) * torch.linalg.solve(psi.T @ psi / batch + damping * torch.eye(P, dtype=torch.float64), psi.T @ A / batch)
+    natural = (eps / tau) * torch.linalg.solve(
+        psi.T @ psi / batch + damping * torch.eye(P, dtype=torch.float64), psi.T @ A / batch
+    )
     assert rel(gauss_newton, natural) < 1e-8
 
     _, logits, jv, jtu = policy_jacobian(model, p["obs"])

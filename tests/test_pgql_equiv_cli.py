@@ -5,11 +5,10 @@ import math
 
 import pytest
 
-from conftest import only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
+from conftest import SMOKE, only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
 
 # 4 envs x 5 steps = 20 agent steps per update, 100 updates, losses logged every 25 and the
 # equivalence checked every 20 updates (~6 s).
-SMOKE = "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25 --equiv-check-every 20".split()
 TAGS = {
     "charts/episodic_return",
     "charts/SPS",
@@ -35,7 +34,7 @@ RUNS = {
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> dict[str, dict]:
     """The scalars each run of RUNS logged (same seed)."""
-    return scalars_of_runs(tmp_path_factory, "pgql_equiv.py", SMOKE, RUNS)
+    return scalars_of_runs(tmp_path_factory, "pgql_equiv.py", SMOKE["pgql_equiv.py"], RUNS)
 
 
 @pytest.mark.parametrize("name", RUNS)
@@ -59,13 +58,13 @@ def test_the_update_reaches_the_optimizer(smoke):
 
 
 def test_same_seed_gives_identical_logs(smoke, tmp_path):
-    proc = run_in(tmp_path, "pgql_equiv.py", *SMOKE, *RUNS["ql"])
+    proc = run_in(tmp_path, "pgql_equiv.py", *SMOKE["pgql_equiv.py"], *RUNS["ql"])
     assert proc.returncode == 0, proc.stderr
     assert without_sps(read_scalars(only_run_dir(tmp_path))) == without_sps(smoke["ql"])
 
 
 def test_plain_a2c_with_tau_zero(run_script, tmp_path):
-    proc = run_script("pgql_equiv.py", *SMOKE[:-2], "--equiv-check-every", "0", "--tau", "0")
+    proc = run_script("pgql_equiv.py", *SMOKE["pgql_equiv.py"][:-2], "--equiv-check-every", "0", "--tau", "0")
     assert proc.returncode == 0, proc.stderr
     scalars = read_scalars(only_run_dir(tmp_path))
     assert "losses/policy_loss" in scalars and not any(tag.startswith("equiv/") or tag == "losses/q_loss" for tag in scalars)

@@ -102,7 +102,7 @@ def test_negative_controls_break_the_identity(seed, grad_scaling):
 @pytest.mark.parametrize("seed", range(4))
 def test_per_sample_difference_does_not_depend_on_delta(seed):
     """grad L_QL(s,a) - grad L_a2c(s,a) = tau [(l_a - KL)(grad log pi + c grad V) - grad KL]
-    (NOTES.md): on the sampled actions training uses, changing every Delta_t (and Vhat_t with
+    (docs/paper.md): on the sampled actions training uses, changing every Delta_t (and Vhat_t with
     it) must leave the difference of the two gradients where it was."""
     net, (logits, values, advantages, value_targets), actions, tau = random_batch(seed, "entropy")
 

@@ -1,20 +1,14 @@
 """soft_dqn.py run as a user runs it: every backup x {1, 5}-step on a tiny budget, the
 logged tags, determinism, unclipped scores, wandb (bad input and --save-model:
-test_cli_common.py)."""
+test_cli_common.py; env ids: test_env.py)."""
 
 import math
 
 import pytest
 
-from conftest import only_run_dir, read_scalars
+from conftest import SMOKE, only_run_dir, read_scalars
 
-import soft_dqn as sd
 
-# 2 envs x 400 steps, 200 updates from a 600-slot buffer (it wraps), ~8 s on 2 CPU cores.
-SMOKE = (
-    "--num-envs 2 --total-timesteps 800 --learning-starts 400 --buffer-size 600 --batch-size 32 "
-    "--train-frequency 2 --target-network-frequency 100 --exploration-fraction 1.0 --end-e 0.5"
-).split()
 BACKUPS = {"hard": ["--tau", "0"], "soft-entropy": ["--tau", "0.1"], "soft-kl": ["--tau", "0.1", "--regularizer", "kl"]}
 TAGS = {
     "charts/episodic_return",
@@ -30,7 +24,7 @@ TAGS = {
 @pytest.mark.parametrize("n_step", [1, 5])
 @pytest.mark.parametrize("backup", BACKUPS)
 def test_smoke_run_logs_finite_losses(run_script, tmp_path, backup, n_step):
-    proc = run_script("soft_dqn.py", *SMOKE, *BACKUPS[backup], "--n-step", str(n_step))
+    proc = run_script("soft_dqn.py", *SMOKE["soft_dqn.py"], *BACKUPS[backup], "--n-step", str(n_step))
     assert proc.returncode == 0, proc.stderr
     scalars = read_scalars(only_run_dir(tmp_path))
     assert TAGS <= set(scalars), TAGS - set(scalars)
@@ -63,7 +57,18 @@ def test_episodic_return_is_the_unclipped_game_score(run_script, tmp_path):
 def test_same_seed_gives_identical_logs(run_script, tmp_path):
     logs = []
     for i in range(2):
-        proc = run_script("soft_dqn.py", *SMOKE, "--tau", "0.1", "--regularizer", "kl", "--n-step", "3", "--exp-name", f"det{i}")
+        proc = run_script(
+            "soft_dqn.py",
+            *SMOKE["soft_dqn.py"],
+            "--tau",
+            "0.1",
+            "--regularizer",
+            "kl",
+            "--n-step",
+            "3",
+            "--exp-name",
+            f"det{i}",
+        )
         assert proc.returncode == 0, proc.stderr
         run_dir = next(p.parent for p in (tmp_path / "runs").rglob("events.out.tfevents.*") if f"det{i}" in str(p))
         scalars = read_scalars(run_dir)
@@ -74,22 +79,6 @@ def test_same_seed_gives_identical_logs(run_script, tmp_path):
 
 
 def test_track_with_wandb_offline(run_script, tmp_path):
-    proc = run_script("soft_dqn.py", *SMOKE, "--track", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    proc = run_script("soft_dqn.py", *SMOKE["soft_dqn.py"], "--track", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
-
-
-@pytest.mark.parametrize(
-    "env_id, game",
-    [
-        ("BreakoutNoFrameskip-v4", "breakout"),
-        ("ALE/Breakout-v5", "breakout"),
-        ("PongNoFrameskip-v4", "pong"),
-        ("MsPacmanNoFrameskip-v4", "ms_pacman"),
-        ("ALE/SpaceInvaders-v5", "space_invaders"),
-        ("BeamRiderNoFrameskip-v4", "beam_rider"),
-        ("Qbert", "qbert"),
-    ],
-)
-def test_env_id_forms(env_id, game):
-    assert sd.ale_game_name(env_id) == game
