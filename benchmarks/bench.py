@@ -149,7 +149,9 @@ def ours(script: str, tag: str, args: list[str]) -> dict:
 
     with tempfile.TemporaryDirectory() as cwd:
         _, rss = timed([sys.executable, str(ROOT / script), *args], cwd)
-        acc = EventAccumulator(str(next((Path(cwd) / "runs").rglob("events.out.tfevents.*")).parent), size_guidance={"scalars": 0})
+        acc = EventAccumulator(
+            str(next((Path(cwd) / "runs").rglob("events.out.tfevents.*")).parent), size_guidance={"scalars": 0}
+        )
         acc.Reload()
         marks = [(e.wall_time, e.step) for e in acc.Scalars(tag)]
     return dict(sps=steady_sps(marks), rss=rss)
@@ -179,7 +181,9 @@ def main():
     parser.add_argument("--dqn-buffer", type=int, default=100_000)
     parser.add_argument("--a2c-steps", type=int, default=40_000)
     parser.add_argument("--npg-steps", type=int, default=9_600)
-    parser.add_argument("--compile", action="store_true", help="also time each of our scripts with --compile (one more row each)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time each of our scripts with --compile (one more row each)"
+    )
     opts = parser.parse_args()
 
     import torch
@@ -188,10 +192,10 @@ def main():
 
     def rows_of(command: str, note: str, tag: str, args: list[str], anchor: dict | None = None) -> list[tuple[str, dict, str]]:
         """Table rows for `python COMMAND ARGS`: eager, and with --compile too if asked (on a GPU,
-        soft_dqn.py also with CUDA graphs and the replay on the device)."""
+        soft_dqn.py also with CUDA graphs)."""
         variants = [[], ["--compile"]] if opts.compile else [[]]
         if opts.compile and cuda and command.startswith("soft_dqn.py"):
-            variants.append(["--compile", "--cudagraphs", "--buffer-device", "cuda"])
+            variants.append(["--compile", "--cudagraphs"])
         rows = []
         for extra in variants:
             r = ours(command.split()[0], tag, [*command.split()[1:], *args, *extra])
@@ -209,7 +213,16 @@ def main():
 
     if "dqn" in opts.only:
         ls, steps, buffer = opts.dqn_learning_starts, opts.dqn_steps, opts.dqn_buffer
-        common = ["--env-id", env, "--learning-starts", str(ls), "--total-timesteps", str(ls + steps), "--buffer-size", str(buffer)]
+        common = [
+            "--env-id",
+            env,
+            "--learning-starts",
+            str(ls),
+            "--total-timesteps",
+            str(ls + steps),
+            "--buffer-size",
+            str(buffer),
+        ]
         sb3 = child(SB3_DQN_CHILD, opts.sb3_python, env, steps, ls, buffer)
         table(
             f"{env}, 1 env, training ({buffer:,} replay)",
@@ -220,8 +233,8 @@ def main():
         with tempfile.TemporaryDirectory() as cwd:
             replay = int(timed([sys.executable, "-c", REPLAY_CHILD.format(root=str(ROOT))], cwd)[0].strip().splitlines()[-1])
         sb3_replay = 1_000_000 * 4 * 84 * 84  # optimize_memory_usage: one (4, 84, 84) uint8 stack per transition
-        print(f"1M-transition replay, resident after allocation: ours {replay / 1e9:.2f} GB (measured); "
-              f"SB3 with optimize_memory_usage {sb3_replay / 1e9:.1f} GB (from its array shapes; 2x that without)\n")  # fmt: skip
+        print(f"1M-transition replay, resident after allocation: ours {replay / 1e9:.2f} GB (measured); ", end="")
+        print(f"SB3 with optimize_memory_usage {sb3_replay / 1e9:.1f} GB (from its array shapes; 2x that without)\n")
 
     if "a2c" in opts.only:
         steps = str(opts.a2c_steps)
@@ -236,7 +249,11 @@ def main():
 
     if "npg" in opts.only:
         common = ["--env-id", env, "--total-timesteps", str(opts.npg_steps)]
-        rows = [row for solver in ("damped-q", "npg") for row in rows_of(f"natural_pg_damped.py --solver {solver}", "", "npg/kl_old_new", common)]
+        rows = [
+            row
+            for solver in ("damped-q", "npg")
+            for row in rows_of(f"natural_pg_damped.py --solver {solver}", "", "npg/kl_old_new", common)
+        ]
         table(f"{env}, 16 envs, 20-step rollouts", rows)
 
     if "env" in opts.only:

@@ -1,5 +1,5 @@
 """How close does a few-epoch Adam fit of the damped-Q target come to the CG natural step, as a
-function of the damping lambda? Prints a markdown table (the one in README.md, natural_pg_damped.py).
+function of the damping lambda? Prints a markdown table (the one in docs/natural_pg_damped.md).
 
     python benchmarks/npg_damping_sweep.py                       # ~3 min on 2 CPU cores
     python benchmarks/npg_damping_sweep.py --dampings 1e-3 1e-2 0.1 1
@@ -91,9 +91,15 @@ def main():
     def fisher_cosine(u: torch.Tensor, v: torch.Tensor) -> float:
         return npg.fisher_cosine(jv(u).double(), jv(v).double(), weigh).item()
 
-    print(f"{args.env_id}, one batch of {batch} from the initial networks; eps/tau = {args.eps / args.tau:g}; "
-          f"Fisher cosine after {' / '.join(map(str, args.epochs))} epochs\n")
-    print("| lambda | CG residual, 10 it. | cos(CG 10, CG 50) | " + " | ".join(f"Adam lr {lr:g}" for lr in args.learning_rates) + " |")
+    print(
+        f"{args.env_id}, one batch of {batch} from the initial networks; eps/tau = {args.eps / args.tau:g}; "
+        f"Fisher cosine after {' / '.join(map(str, args.epochs))} epochs\n"
+    )
+    print(
+        "| lambda | CG residual, 10 it. | cos(CG 10, CG 50) | "
+        + " | ".join(f"Adam lr {lr:g}" for lr in args.learning_rates)
+        + " |"
+    )
     print("|---|---:|---:|" + "---|" * len(args.learning_rates))
     for damping in args.dampings:
         fvp = npg.fisher_vector_product(jv, jtu, logits_old, actions, "empirical", damping)

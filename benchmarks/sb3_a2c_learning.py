@@ -1,5 +1,5 @@
 """Stable-Baselines3's A2C learning Breakout under a2c_entropy.py's schedule: the anchor for the
-README's A2C learning check. Benchmark-only (pip install -r benchmarks/requirements.txt).
+docs/a2c_entropy.md's A2C learning check. Benchmark-only (pip install -r benchmarks/requirements.txt).
 
     python benchmarks/sb3_a2c_learning.py --steps 2000000 --out sb3_a2c   # ~40 min on 2 CPU cores
 

@@ -57,7 +57,11 @@ def episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
             events = acc.Scalars(TAG)
             steps += [e.step for e in events]
             returns += [e.value for e in events]
-    return np.asarray(steps, dtype=np.int64) * FRAMES_PER_STEP, np.asarray(returns, dtype=np.float64), reached * FRAMES_PER_STEP
+    return (
+        np.asarray(steps, dtype=np.int64) * FRAMES_PER_STEP,
+        np.asarray(returns, dtype=np.float64),
+        reached * FRAMES_PER_STEP,
+    )
 
 
 def binned_curve(frames: np.ndarray, returns: np.ndarray, edges: np.ndarray, reached: int) -> np.ndarray:
@@ -161,7 +165,9 @@ def aggregate(data: dict, last: int, reps: int, seed: int = 0) -> str:
             continue
         point, low, high = stratified_bootstrap_iqm(per_game, reps, np.random.default_rng(seed))
         runs = sum(len(x) for x in per_game)
-        lines.append(f"| {variant} | {point:.3f} | [{low:.3f}, {high:.3f}] | {runs} ({len(per_game)} game{'s' * (len(per_game) > 1)}) |")
+        lines.append(
+            f"| {variant} | {point:.3f} | [{low:.3f}, {high:.3f}] | {runs} ({len(per_game)} game{'s' * (len(per_game) > 1)}) |"
+        )
     if unknown:
         lines.append(f"(left out, no reference scores: {', '.join(unknown)})")
     return "\n".join(lines)
@@ -207,7 +213,9 @@ def draw(data: dict, title: str, out: Path, bins: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("description", help="an experiments/*.toml file")
-    parser.add_argument("--frames", type=int, help="the --frames the runs were launched with (selects nothing; shown in the plan)")
+    parser.add_argument(
+        "--frames", type=int, help="the --frames the runs were launched with (selects nothing; shown in the plan)"
+    )
     parser.add_argument("--games", nargs="+")
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--variants", nargs="+")
@@ -226,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"figure: {out}")
     print(f"final return: mean ± std over seeds of each seed's last {opts.last} games")
     print(table(data, opts.last))
-    print(f"aggregate over games: IQM of every run's human-normalized final return, 95% stratified-bootstrap CI ({opts.reps:,} replicates)")
+    print("aggregate over games: IQM of every run's human-normalized final return, ", end="")
+    print(f"95% stratified-bootstrap CI ({opts.reps:,} replicates)")
     print(aggregate(data, opts.last, opts.reps))
     return 0
 

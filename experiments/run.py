@@ -75,7 +75,15 @@ class Run:
         else:
             what = [*self.options, "--env-id", self.game, "--seed", str(self.seed)]
         steps = str(self.frames // FRAMES_PER_STEP)
-        return [sys.executable, str(ROOT / self.script), *what, "--total-timesteps", steps, "--checkpoint-every", str(checkpoint_every)]
+        return [
+            sys.executable,
+            str(ROOT / self.script),
+            *what,
+            "--total-timesteps",
+            steps,
+            "--checkpoint-every",
+            str(checkpoint_every),
+        ]
 
 
 def slug(text: str) -> str:
@@ -187,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             raise SystemExit("--slurm needs submitit: pip install -r experiments/requirements.txt")
         executor = submitit.AutoExecutor(folder=opts.slurm_folder, cluster=opts.slurm_cluster)
-        executor.update_parameters(timeout_min=opts.timeout_min, cpus_per_task=opts.cpus, gpus_per_node=opts.gpus,
-                                   name=Path(opts.description).stem, **({"slurm_partition": opts.partition} if opts.partition else {}))  # fmt: skip
+        partition = {"slurm_partition": opts.partition} if opts.partition else {}
+        executor.update_parameters(
+            timeout_min=opts.timeout_min,
+            cpus_per_task=opts.cpus,
+            gpus_per_node=opts.gpus,
+            name=Path(opts.description).stem,
+            **partition,
+        )
         jobs = executor.map_array(execute, todo, [opts.checkpoint_every] * len(todo), [opts.cpus] * len(todo))
         print(f"submitted {len(jobs)} runs: job {jobs[0].job_id.split('_')[0]}; launch again to resume what does not finish")
         if opts.slurm_cluster == "debug":
@@ -202,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         for future in concurrent.futures.as_completed(futures):
             r, status = futures[future], future.result()
             failed += status != 0
-            print(f"{'done' if status == 0 else f'FAILED ({status})'}  {r.variant} | {r.game} | seed {r.seed}  (logs in {r.directory})", flush=True)
+            outcome = "done" if status == 0 else f"FAILED ({status})"
+            print(f"{outcome}  {r.variant} | {r.game} | seed {r.seed}  (logs in {r.directory})", flush=True)
     return 1 if failed else 0
 
 
