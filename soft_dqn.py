@@ -239,7 +239,7 @@ class QNetwork(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) input: oneDNN's conv backward is ~30% faster on CPU; same math.
+        # channels-last (NHWC) input: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md); same math.
         # The layout is changed while the frames are still uint8 (a quarter of the bytes).
         return self.network(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
 
@@ -450,7 +450,7 @@ def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, pr
 
 
 # The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track compile cudagraphs".split()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
