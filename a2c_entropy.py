@@ -392,8 +392,8 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
     fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
     if fixed:
         sys.exit(f"{prog}: error: --resume {path}: {', '.join(fixed)} cannot change in a resumed run (it keeps its options)")
-    if args.total_timesteps <= checkpoint["global_step"]:
-        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps}: the checkpoint is at {checkpoint['global_step']}")
+    if args.total_timesteps < (step := checkpoint["global_step"]):
+        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps} is below the checkpoint's step {step}")
     return args, checkpoint
 
 
