@@ -32,7 +32,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple, Optional
 
 import numpy as np
@@ -112,7 +112,7 @@ class Args:
     checkpoint_replay: bool = False
     """also save the replay memory in each checkpoint (1M transitions: 7.1 GB); without it a resumed run refills it first"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint, with its options (--total-timesteps and --checkpoint-every may change)"""
+    """continue the run saved in this checkpoint, with its options (those in RESUME_MAY_CHANGE may change)"""
 
     def __post_init__(self):
         """Reject what would fail late or silently (tyro prints the message and exits 2)."""
@@ -466,9 +466,13 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
         sys.exit(f"{prog}: error: --resume {path}: no such checkpoint file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file: trusted
-        saved = Args(**checkpoint["args"])
+        options = checkpoint["args"].keys() ^ {field.name for field in fields(Args)}
     except Exception as e:
         sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script ({e})")
+    if options:
+        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (its options differ: {sorted(options)})")
+    saved = Args.__new__(Args)  # the saved options, unchecked: tyro checks them once the command line is applied
+    vars(saved).update(checkpoint["args"])
     args = tyro.cli(Args, args=argv, default=saved)
     fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
     if fixed:
@@ -503,7 +507,7 @@ def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, Summary
     writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
     if not checkpoint:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    return run_name, run_dir, writer, wandb.run.id if args.track else None
+    return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -709,10 +713,11 @@ if __name__ == "__main__":
                 break
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
+    stopped = stop.signum is not None  # the loop wrote a checkpoint and broke off
     envs.close()
     del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
-    if args.save_model and not stop.signum:
+    if args.save_model and not stopped:
         model_path = f"{run_dir}/{args.exp_name}.cleanrl_model"
         torch.save(q_network.state_dict(), model_path)
         print(f"model saved to {model_path}")
@@ -722,5 +727,5 @@ if __name__ == "__main__":
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
         print(f"eval: mean episodic return {np.mean(returns):.2f} over {len(returns)} games")
     writer.close()
-    if stop.signum:
+    if stopped:
         stop.exit(global_step, checkpoint_path)

@@ -147,6 +147,19 @@ def test_resume_rechecks_the_saved_options(checkpoint_file, capsys):
     assert stop.value.code == 2 and "--gamma must be in [0, 1]" in tyro_error(capsys)
 
 
+def test_resume_applies_the_command_line_before_checking(tmp_path, capsys):
+    """A run saved with options this machine cannot run (CUDA graphs, on a CPU-only machine)
+    resumes once the command line turns them off; otherwise tyro names the option."""
+    args = vars(MODULES["soft_dqn.py"].parse_args(SMOKE["soft_dqn.py"])[0])
+    torch.save(dict(args={**args, "compile": True, "cudagraphs": True}, run_name="run", global_step=400), tmp_path / "c.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as stop:
+            MODULES["soft_dqn.py"].parse_args(["--resume", str(tmp_path / "c.pt")])
+        assert stop.value.code == 2 and "--cudagraphs needs a CUDA device" in tyro_error(capsys)
+    resumed, _ = MODULES["soft_dqn.py"].parse_args(["--resume", str(tmp_path / "c.pt"), "--no-cudagraphs"])
+    assert resumed.compile and not resumed.cudagraphs
+
+
 @pytest.mark.parametrize(
     "script, path, message",
     [
