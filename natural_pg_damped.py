@@ -719,8 +719,10 @@ if __name__ == "__main__":
     batch_size, num_iterations = T * N, args.total_timesteps // (T * N)
     obs_buf = torch.zeros((T, N) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
     actions_buf = torch.zeros((T, N), dtype=torch.long, device=device)
-    values_buf, rewards_buf, truncation_values_buf = (torch.zeros((T, N), device=device) for _ in range(3))
-    terminated_buf, truncated_buf = (torch.zeros((T, N), dtype=torch.bool, device=device) for _ in range(2))
+    values_buf = torch.zeros((T, N), device=device)
+    # The rollout's small arrays stay on the host and move to the device once per update.
+    rewards_buf, truncation_values_buf = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=np.float32)
+    terminated_buf, truncated_buf = np.zeros((T, N), dtype=bool), np.zeros((T, N), dtype=bool)
 
     global_step, first_iteration, games_env0, video_frames = 0, 1, 0, []
     if checkpoint:
@@ -749,12 +751,13 @@ if __name__ == "__main__":
             prev_info = info
             obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
             restarted = game_restarted(terminated, truncated, info, prev_info)
-            rewards_buf[t] = torch.from_numpy(np.clip(reward, -1, 1))
-            terminated_buf[t], truncated_buf[t] = torch.from_numpy(terminated), torch.from_numpy(truncated)
+            rewards_buf[t] = np.clip(reward, -1, 1)
+            terminated_buf[t], truncated_buf[t] = terminated, truncated
             cut = np.flatnonzero(truncated & ~terminated)
             if len(cut):  # the time limit: bootstrap from the state the game was cut at
                 with torch.no_grad():
-                    truncation_values_buf[t, cut] = value(torch.from_numpy(info["final_obs"][cut]).to(device)).squeeze(-1)
+                    cut_values = value(torch.from_numpy(info["final_obs"][cut]).to(device)).squeeze(-1)
+                truncation_values_buf[t, cut] = cut_values.cpu().numpy()
             game_return += reward
             game_length += 1
             for e in np.flatnonzero(restarted):
@@ -775,7 +778,10 @@ if __name__ == "__main__":
         with torch.no_grad():
             next_value = value_fn(torch.from_numpy(obs).to(device)).squeeze(-1)  # V_old(s_T)
             bonuses = reward_bonus(logits_old.view(T, N, -1), args.tau, args.regularizer)
-            rollout = (rewards_buf, bonuses, values_buf, next_value, terminated_buf, truncated_buf, truncation_values_buf)
+            rewards, terminated, truncated, cut_values = (
+                torch.from_numpy(b).to(device) for b in (rewards_buf, terminated_buf, truncated_buf, truncation_values_buf)
+            )
+            rollout = (rewards, bonuses, values_buf, next_value, terminated, truncated, cut_values)
             advantages, value_targets = n_step_advantages(*rollout, args.gamma, "proper")
             b_advantages, b_value_targets = advantages.flatten(), value_targets.flatten()
             jv = torch.compile(jv) if args.compile else jv  # the costliest pass of CG (forward mode, ~3x a forward pass)
