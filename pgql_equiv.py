@@ -16,7 +16,8 @@ the gradient into the advantage stream tau log(pi/pibar) by 1/tau and into the v
 by c = 0.5 (`--grad-scaling`, default; forward values unchanged), which makes the two
 updates equal in expectation; the paper prints "1/gamma" for 1/tau (docs/paper.md).
 Every `--equiv-check-every` updates the run logs, on its current batch, how close the two
-gradients are with the expectation over actions taken exactly (`equiv/*`).
+gradients are with the expectation over actions taken exactly, for returns that depend on the
+action so that every term of the identity is compared (`equiv/*`).
 
 Run:
     python pgql_equiv.py --update pg          # entropy-regularized ("proper") A2C
@@ -270,31 +271,38 @@ def ql_loss(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, a
     return 0.5 * (q_values.gather(1, actions[:, None]).squeeze(1) - targets).pow(2).mean()
 
 
-def expected_losses(logits: torch.Tensor, values: torch.Tensor, advantages: torch.Tensor, value_targets: torch.Tensor,
-                    tau: float, regularizer: str, vf_coef: float,
-                    grad_scaling: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Both updates' losses with the expectation over a_t ~ pi(.|s_t) taken exactly: a sum over
-    all actions weighted by pi(a|s_t) (held constant), with the same Delta_t for every action.
+def a2c_loss_like_ql(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
+                     value_targets: torch.Tensor, tau: float, regularizer: str, vf_coef: float,
+                     grad_scaling: bool) -> torch.Tensor:  # fmt: skip
+    """The A2C loss whose gradient `ql_loss`'s equals in expectation (eqs. 58-65): `a2c_loss` with
+    c = vf_coef under Section 6.3's scaling, tau * `a2c_loss` with c = 1/tau without it."""
+    scale, c = (1.0, vf_coef) if grad_scaling else (tau, 1.0 / tau)
+    return scale * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
 
-    Returns (QL, PG): QL = E_a 1/2 (Q(s_t,a) - y_t)^2 with the scaled Q, and the A2C loss that
-    the theorem says it equals in gradient (eqs. 58-65): E_a[a2c_loss] with c = vf_coef under
-    Section 6.3's scaling, tau * E_a[a2c_loss with c = 1/tau] without it. The gradients of the
-    two agree to rounding; the per-action losses that training uses agree only in expectation.
-    """
-    pi = torch.softmax(logits, dim=-1).detach()
-    entropy, kl = entropy_and_kl(logits)
-    value_scale, advantage_scale = soft_q_scales(tau, vf_coef, grad_scaling)
-    q_values = soft_q_values(logits, values, tau, value_scale, advantage_scale)
-    targets = soft_q_target(values, advantages, kl, tau)
-    ql = 0.5 * (pi * (q_values - targets[:, None]).pow(2)).sum(dim=-1).mean()
 
-    def expected_a2c_loss(c: float) -> torch.Tensor:
-        policy = -((pi * F.log_softmax(logits, dim=-1)).sum(dim=-1) * advantages.detach()).mean()
-        regularizer_loss = tau * kl.mean() if regularizer == "kl" else -tau * entropy.mean()
-        return policy + regularizer_loss + c * 0.5 * (values - value_targets.detach()).pow(2).mean()
+def expected_losses(logits: torch.Tensor, values: torch.Tensor, deltas: torch.Tensor, tau: float, regularizer: str,
+                    vf_coef: float, grad_scaling: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(QL, PG): `ql_loss` and `a2c_loss_like_ql` with the expectation over a ~ pi(.|s_t) taken exactly, for
+    n-step advantages Delta(s_t, a) (B, |A|) that may depend on the action (the identity holds for any).
+    Each loss that trains is evaluated on every pair (s_t, a) alone (`torch.vmap`), with Delta(s_t, a) and
+    Vhat = V(s_t) + Delta(s_t, a), and summed with weights pi(a|s_t) held constant. Their gradients agree
+    to rounding."""
+    num_actions = logits.shape[-1]
+    logits_sa, values_sa = logits.repeat_interleave(num_actions, 0), values.repeat_interleave(num_actions, 0)
+    actions = torch.arange(num_actions, device=logits.device).repeat(len(logits))
+    deltas = deltas.detach().flatten()
+    value_targets = values_sa.detach() + deltas
+    weights = torch.softmax(logits, dim=-1).detach().flatten() / len(logits)
 
-    pg = expected_a2c_loss(vf_coef) if grad_scaling else tau * expected_a2c_loss(1.0 / tau)
-    return ql, pg
+    def ql(*pair):  # one pair (s_t, a) as a batch of one
+        lg, v, a, d, _ = (x[None] for x in pair)
+        return ql_loss(lg, v, a, d, tau, vf_coef, grad_scaling)
+
+    def pg(*pair):
+        lg, v, a, d, vhat = (x[None] for x in pair)
+        return a2c_loss_like_ql(lg, v, a, d, vhat, tau, regularizer, vf_coef, grad_scaling)
+
+    return tuple((weights * torch.vmap(f)(logits_sa, values_sa, actions, deltas, value_targets)).sum() for f in (ql, pg))
 
 
 def gradient_agreement(loss_a: torch.Tensor, loss_b: torch.Tensor, params: list) -> tuple[float, float]:
@@ -320,12 +328,13 @@ def equivalence_check(logits: torch.Tensor, values: torch.Tensor, actions: torch
     and with --compile no compiled graph is run backward twice (torch 2.13's compiled backward
     returns wrong gradients the second time, even with retain_graph=True).
     """
-    ql_expected, pg_expected = expected_losses(
-        logits, values, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling
-    )
+    # With one Delta_t per state, E_a[Delta_t grad log pi] = Delta_t sum_a grad pi = 0 on both sides and
+    # the policy-gradient term would never be compared: Delta(s_t, a) adds fixed noise per action.
+    noise = torch.randn(logits.shape, generator=torch.Generator(logits.device).manual_seed(0), device=logits.device)
+    deltas = advantages[:, None] + advantages.std(correction=0).clamp(min=1e-3) * noise.to(advantages.dtype)
+    ql_expected, pg_expected = expected_losses(logits, values, deltas, tau, regularizer, vf_coef, grad_scaling)
     ql_sampled = ql_loss(logits, values, actions, advantages, tau, vf_coef, grad_scaling)
-    scale, c = (1.0, vf_coef) if grad_scaling else (tau, 1.0 / tau)  # see expected_losses
-    pg_sampled = scale * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
+    pg_sampled = a2c_loss_like_ql(logits, values, actions, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling)
     cosine, rel_error = gradient_agreement(ql_expected, pg_expected, params)
     return cosine, rel_error, gradient_agreement(ql_sampled, pg_sampled, params)[0]
 
