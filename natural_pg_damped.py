@@ -316,6 +316,15 @@ def mean_kl(logits_old: torch.Tensor, logits_new: torch.Tensor) -> torch.Tensor:
     return (log_old.exp() * (log_old - log_new)).sum(dim=-1).mean()
 
 
+def quadratic_kl(logits: torch.Tensor, d_logits: torch.Tensor) -> float:
+    """1/2 s^T F s with F the exact Fisher, the KL's Hessian: the second-order model of the mean
+    KL(pi_old || pi_{theta_old + s}), from the logit change d = J s. Per state it is 1/2 d^T (diag(p) - p p^T) d
+    = 1/2 Var_{a ~ pi_old}(d_a). The empirical Fisher would not do: with more parameters than samples its
+    quadratic overstates the KL (tests)."""
+    p = torch.softmax(logits, dim=-1)
+    return (0.5 * ((p * d_logits**2).sum(-1) - (p * d_logits).sum(-1) ** 2)).mean().item()
+
+
 def kl_backtrack(
     kl_of: Callable, max_kl: float, start: float = 1.0, shrink: float = 0.5, tries: int = 10
 ) -> tuple[float, float]:
@@ -407,13 +416,13 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
 
 def npg_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args) -> dict:
     """--solver npg: theta <- theta_old + f s, s the CG natural step (eqs. 66-71). With --max-kl the first
-    f is where the KL's quadratic model 1/2 s^T F s (F undamped) reaches it, as in TRPO. Returns the logs."""
+    f is where the KL's quadratic model (`quadratic_kl`, exact Fisher whatever --fisher) reaches it, as in
+    TRPO; `finish_step` backtracks from there. Returns the logs."""
     natural, cg_residual = natural_step(b, args)
     fraction = 1.0
     if args.max_kl is not None:
-        fisher = fisher_vector_product(b.jv, b.jtu, b.logits_old, b.actions, args.fisher, 0.0)
-        quadratic_kl = 0.5 * natural.dot(fisher(natural)).item()
-        fraction = min(1.0, math.sqrt(2 * args.max_kl / quadratic_kl)) if quadratic_kl > 0 else 1.0
+        predicted = quadratic_kl(b.logits_old, b.jv(natural))  # of the full step; f^2 times that for f s
+        fraction = min(1.0, math.sqrt(args.max_kl / predicted)) if predicted > 0 else 1.0
     vector_to_parameters(b.theta_old + fraction * natural, policy.parameters())
     return finish_step(policy, policy_fn, b, natural, fraction, natural, cg_residual, args)
 
