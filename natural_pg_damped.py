@@ -325,17 +325,17 @@ def quadratic_kl(logits: torch.Tensor, d_logits: torch.Tensor) -> float:
     return (0.5 * ((p * d_logits**2).sum(-1) - (p * d_logits).sum(-1) ** 2)).mean().item()
 
 
-def kl_backtrack(
-    kl_of: Callable, max_kl: float, start: float = 1.0, shrink: float = 0.5, tries: int = 10
-) -> tuple[float, float]:
-    """The largest fraction f = start * shrink^k (k < tries) of a step whose KL, kl_of(f), is at most
-    max_kl. Returns (f, kl_of(f)), or (0, 0) when none is (the policy stays where it was)."""
+def kl_backtrack(kl_of: Callable, max_kl: float, start: float = 1.0, tries: int = 10) -> tuple[float, float]:
+    """A fraction f of a step whose KL, kl_of(f), is at most max_kl: `start`, and after each try over it
+    f * 0.95 sqrt(max_kl / kl_of(f)), where the KL, quadratic in f near 0, would be 0.9 max_kl (halving
+    f if the KL is not finite). Halving alone, as TRPO does, would quarter the KL of a first try that
+    overshoots by 1%. Returns (f, kl_of(f)), or (0, 0) after `tries` tries (the policy stays)."""
     fraction = start
     for _ in range(tries):
         kl = kl_of(fraction)
         if kl <= max_kl:
             return fraction, kl
-        fraction *= shrink
+        fraction *= 0.95 * math.sqrt(max_kl / kl) if math.isfinite(kl) else 0.5
     return 0.0, 0.0
 
 
@@ -383,11 +383,11 @@ def natural_step(b: Batch, args: Args) -> tuple[torch.Tensor, float]:
 @torch.no_grad()
 def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Tensor, fraction: float,
                 natural: torch.Tensor, cg_residual: float, args: Args) -> dict:  # fmt: skip
-    """The trust region, then what the loop logs. With --max-kl the policy goes to theta_old + f step, f the
-    largest fraction / 2^k whose mean KL(pi_old || pi) on the batch is within it (`kl_backtrack`). Logged, on
-    the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual (eq. 68), the entropy, the KL,
-    and the cosine (in parameter space and in the Fisher metric) and length ratio of the step taken to the
-    CG natural step."""
+    """The trust region, then what the loop logs. With --max-kl the policy goes to theta_old + f step, f
+    found by backtracking from `fraction` until the mean KL(pi_old || pi) on the batch is within it
+    (`kl_backtrack`). Logged, on the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual
+    (eq. 68), the entropy, the KL, and the cosine (in parameter space and in the Fisher metric) and length
+    ratio of the step taken to the CG natural step."""
     if args.max_kl is not None:
 
         def kl_of(f: float) -> float:

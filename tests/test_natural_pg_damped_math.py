@@ -293,11 +293,14 @@ def test_mean_kl():
     assert mean_kl(old, old + 3.0).item() == pytest.approx(0.0, abs=1e-15)  # a shared shift is the same policy
 
 
-def test_kl_backtrack_keeps_the_largest_fraction_within_the_trust_region():
+def test_kl_backtrack_lands_inside_the_trust_region_near_its_edge():
     quadratic = lambda f: 4.0 * f**2  # noqa: E731
-    assert kl_backtrack(quadratic, max_kl=1.0) == (0.5, 1.0)
+    assert kl_backtrack(quadratic, max_kl=1.0) == (pytest.approx(0.475), pytest.approx(0.9025))  # 0.9 max_kl
     assert kl_backtrack(quadratic, max_kl=1.0, start=0.3) == (0.3, pytest.approx(0.36))
     assert kl_backtrack(quadratic, max_kl=4.0) == (1.0, 4.0)
+    cubic = lambda f: 4.0 * f**2 * (1 + f)  # noqa: E731  (not quadratic: halving would end at 0.31)
+    fraction, kl = kl_backtrack(cubic, max_kl=1.0)
+    assert 0.5 < kl <= 1.0 and kl == pytest.approx(cubic(fraction))
     assert kl_backtrack(lambda f: math.inf, max_kl=0.01) == (0.0, 0.0)
     assert kl_backtrack(lambda f: math.nan, max_kl=0.01) == (0.0, 0.0)
 
