@@ -3,6 +3,7 @@ Slurm through submitit's local debug executor) and the plot/table."""
 
 import importlib
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import tyro
 from conftest import ROOT, read_scalars
 
 sys.path.insert(0, str(ROOT / "experiments"))
+import coupled  # noqa: E402
 import plot  # noqa: E402
 import run as runner  # noqa: E402
 
@@ -33,6 +35,7 @@ args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
     [
         ("fig1_a2c_entropy", 36, 320_000_000),
         ("fig2_soft_dqn", 72, 40_000_000),
+        ("fig2_munchausen", 6, 2_000_000),
         ("fig3_pgql", 36, 320_000_000),
         ("sec5_natural_pg", 18, 40_000_000),
     ],
@@ -81,6 +84,8 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
                 str(tmp_path / "fig.png"),
                 "--last",
                 "3",
+                "--data",
+                str(tmp_path / "data"),
             ]
         )
         == 0
@@ -100,6 +105,13 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
         assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
         assert f"| {name} | {np.mean((np.array(finals) - 1.7) / (30.5 - 1.7)):.3f} | [" in printed
     assert "| BreakoutNoFrameskip-v4 (8,000) |" in printed  # the shortest seed reached 8,000 frames
+
+    # the compact copies of the logs redraw the same tables once the runs are gone
+    assert len(list((tmp_path / "data" / "tiny").rglob("seed*.csv.gz"))) == 4
+    shutil.rmtree(tmp_path / "res")
+    plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--data", str(tmp_path / "data"),
+               "--out", str(tmp_path / "again.png"), "--last", "3"])  # fmt: skip
+    assert capsys.readouterr().out.split("final return:")[1] == printed.split("final return:")[1]  # the tables
 
 
 def test_binned_curve_and_final_return():
@@ -135,3 +147,25 @@ def test_slurm_submission_through_submitit(tmp_path):
     ])  # fmt: skip
     assert status == 0
     assert (tmp_path / "res" / "tiny" / "A2C_proper" / "BreakoutNoFrameskip-v4" / "seed1" / "done.json").exists()
+
+
+def test_coupled_runs_start_together_and_the_controls_separate(tmp_path, monkeypatch, capsys):
+    """experiments/coupled.py on 2 updates: PG and QL from one seed share their initial weights and
+    sampling noise, so after their first update they differ by the per-sample gradient difference only;
+    the perturbed copy sits 1e-6 away; a relaunch runs nothing; the table is redrawn from the CSVs."""
+    monkeypatch.setattr(coupled, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(coupled, "DATA", tmp_path / "data")
+    monkeypatch.setattr(coupled, "FIGURE", tmp_path / "coupled.png")
+    coupled.main(["--frames", "640"])  # snapshots at agent steps 80 and 160
+    rows = coupled.read_csv(tmp_path / "data" / "coupled_distances.csv")
+    got = {(r["pair"].split(" (")[0], int(r["step"])): (float(r["mean_kl"]), float(r["rel_distance"])) for r in rows}
+    assert set(got) == {(pair.split(" (")[0], step) for pair in coupled.PAIRS for step in (80, 160)}
+    assert got["PG vs QL", 80][1] < 1e-6  # one update apart: same init, same batch, gradients nearly equal
+    assert got["PG vs PG + 1e-6 noise", 80][1] == pytest.approx(1e-6, rel=0.05)
+    assert got["PG vs naive A2C", 160][1] > got["PG vs QL", 160][1]
+    assert (tmp_path / "coupled.png").stat().st_size > 10_000
+    stamps = sorted(p.stat().st_mtime for p in (tmp_path / "results").rglob("snapshots/*.pt"))
+    capsys.readouterr()
+    coupled.main(["--frames", "640"])
+    assert "agent step" not in capsys.readouterr().out  # every snapshot exists: nothing ran again
+    assert sorted(p.stat().st_mtime for p in (tmp_path / "results").rglob("snapshots/*.pt")) == stamps
