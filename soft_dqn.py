@@ -13,11 +13,16 @@ leading tau). With --n-step N the target is eq. 46: the rewards of s_{t+1..t+N-1
 with the Boltzmann policy's -tau*KL (or +tau*H), taken when the transition was collected.
 The equations and the paper's typos: docs/paper.md.
 
+Munchausen DQN (Vieillard, Pietquin, Geist 2020), the soft backup's best-known successor, is one
+option on top of the entropy form: --munchausen-alpha adds the target network's scaled log-policy
+of the action taken, alpha * clip(tau * log softmax(Qtarget(s_t)/tau)[a_t], l0, 0), to the reward.
+
 Run:
     python soft_dqn.py --tau 0.1                        # soft (entropy-bonus) DQN on Breakout
     python soft_dqn.py --tau 0                          # standard DQN
     python soft_dqn.py --tau 0.1 --regularizer kl       # soft, KL penalty against uniform
     python soft_dqn.py --tau 0 --n-step 5 --env-id PongNoFrameskip-v4
+    python soft_dqn.py --munchausen-alpha 0.9 --tau 0.03          # Munchausen DQN (their alpha, tau, l0 = -1)
     python soft_dqn.py --resume runs/<run>/checkpoint.pt --total-timesteps 20000000   # go on, or further
     tensorboard --logdir runs
 """
@@ -85,6 +90,10 @@ class Args:
     """soft backup form: `entropy` bonus (eq. 83) or `kl` penalty against uniform (eq. 82)"""
     n_step: int = 1
     """the number of steps in the target (eq. 46)"""
+    munchausen_alpha: float = 0.0
+    """Munchausen DQN's alpha: scale of the log-policy bonus in the reward (0: off; needs tau > 0, entropy, 1-step)"""
+    munchausen_l0: float = -1.0
+    """Munchausen DQN's l0: the bonus tau*log pi(a|s) is clipped to [l0, 0]"""
     target_network_frequency: int = 1000
     """the timesteps it takes to copy the Q-network into the target network"""
     batch_size: int = 32
@@ -122,6 +131,10 @@ class Args:
             (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
             (self.tau >= 0 and math.isfinite(self.tau), f"--tau must be a finite number >= 0 (0: max backup), got {self.tau}"),
             (self.n_step >= 1 and self.num_envs >= 1, "--n-step and --num-envs must be >= 1"),
+            (0 <= self.munchausen_alpha < math.inf, f"--munchausen-alpha must be finite, >= 0: {self.munchausen_alpha}"),
+            (self.munchausen_alpha == 0 or (self.tau > 0 and self.regularizer == "entropy" and self.n_step == 1),
+             "--munchausen-alpha > 0 needs --tau > 0, --regularizer entropy and --n-step 1 (the bonus is tau*log pi of a_t)"),
+            (-math.inf < self.munchausen_l0 <= 0, f"--munchausen-l0 must be a finite number <= 0, got {self.munchausen_l0}"),
             (self.batch_size <= self.buffer_size, f"--batch-size {self.batch_size} is larger than --buffer-size"),
             (slots > self.n_step + 8, f"--buffer-size leaves {slots} slots per env; each needs more than --n-step + 8"),
             (self.learning_starts >= sample_from, f"--learning-starts must be >= {sample_from} to sample a whole batch"),
@@ -208,6 +221,21 @@ def n_step_returns(
     terminal = terminated.gather(1, last[:, None]).squeeze(1)
     bootstrap_discount = (gamma ** offset.to(rewards.dtype)) * (~terminal).to(rewards.dtype)
     return returns, bootstrap_discount, offset
+
+
+def munchausen_term(q_target: torch.Tensor, actions: torch.Tensor, tau: float, l0: float) -> torch.Tensor:
+    """clip(tau * log pibar(a_t|s_t), l0, 0) with pibar = softmax(Qtarget(s_t, .)/tau): Munchausen DQN's
+    reward bonus (Vieillard, Pietquin, Geist 2020; pibar is the target network's Boltzmann policy). With it,
+
+        y = r + alpha clip(tau log pibar(a_t|s_t), l0, 0) + gamma sum_a' pibar(a'|s') [Qtarget(s',a') - tau log pibar(a'|s')]
+
+    and the last sum is the entropy form's V_Q(s') = tau*logsumexp(Qtarget(s')/tau) (eq. 83, `soft_value`).
+    tau*log pibar = (Q - max Q) - tau*logsumexp((Q - max Q)/tau) through log_softmax, never the log of a
+    softmax: finite for |Q| up to 1e6 and tau down to 1e-6.
+    """
+    z = q_target - q_target.max(dim=-1, keepdim=True).values
+    tau_log_pi = tau * F.log_softmax(z / tau, dim=-1).gather(1, actions[:, None]).squeeze(1)
+    return tau_log_pi.clamp(min=l0, max=0.0)
 
 
 def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
@@ -610,15 +638,20 @@ if __name__ == "__main__":
         with torch.no_grad():
             return q_network(obs)
 
-    def update(obs, next_obs, actions, returns, bootstrap_discount) -> tuple[torch.Tensor, torch.Tensor]:
-        """The TD loss of the target (eqs. 81-83, 46) and its gradient; returns the loss and Q(s, .), detached."""
+    def update(obs, next_obs, actions, returns, bootstrap_discount) -> tuple[torch.Tensor, ...]:
+        """The TD loss of the target (eqs. 81-83, 46; Munchausen's bonus with --munchausen-alpha) and its
+        gradient; returns the loss, Q(s, .) and the mean Munchausen term, detached."""
         with torch.no_grad():
             td_target = returns + bootstrap_discount * soft_value(target_network(next_obs), args.tau, args.regularizer)
+            bonus = torch.zeros_like(returns)
+            if args.munchausen_alpha > 0:
+                bonus = munchausen_term(target_network(obs), actions, args.tau, args.munchausen_l0)
+                td_target = td_target + args.munchausen_alpha * bonus
         q_all = q_network(obs)
         loss = F.mse_loss(q_all.gather(1, actions[:, None]).squeeze(1), td_target)
         optimizer.zero_grad()
         loss.backward()
-        return loss.detach(), q_all.detach()
+        return loss.detach(), q_all.detach(), bonus.mean()
 
     if args.compile:
         q_values = torch.compile(q_values, mode="reduce-overhead" if args.cudagraphs else None)
@@ -679,7 +712,9 @@ if __name__ == "__main__":
             batch = rb.sample(args.batch_size, rng)
             returns, discount, offset = n_step_returns(*batch[4:], args.gamma)  # rewards, bonuses, terminated, truncated
             next_obs_batch = rb.stacks(batch.env, batch.slot + offset)
-            loss, q_all = update(*(x.to(device) for x in (batch.obs, next_obs_batch, batch.actions, returns, discount)))
+            loss, q_all, munchausen = update(
+                *(x.to(device) for x in (batch.obs, next_obs_batch, batch.actions, returns, discount))
+            )
             optimizer.step()
             num_updates += 1
             if not torch.isfinite(loss):  # a NaN/inf step was taken: stop before the next one
@@ -690,6 +725,8 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/td_loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_taken.mean().item(), global_step)
                 writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all, args.tau).mean().item(), global_step)
+                if args.munchausen_alpha > 0:
+                    writer.add_scalar("losses/munchausen_term", munchausen.item(), global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import SMOKE, only_run_dir, read_scalars
+from conftest import SMOKE, only_run_dir, read_scalars, scalars_of_runs, without_sps
 
 
 BACKUPS = {"hard": ["--tau", "0"], "soft-entropy": ["--tau", "0.1"], "soft-kl": ["--tau", "0.1", "--regularizer", "kl"]}
@@ -82,3 +82,18 @@ def test_track_with_wandb_offline(run_script, tmp_path):
     proc = run_script("soft_dqn.py", *SMOKE["soft_dqn.py"], "--track", env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_munchausen_alpha_zero_is_the_soft_run_and_alpha_logs_its_term(tmp_path_factory):
+    """--munchausen-alpha 0 reproduces the soft (entropy) run bit for bit; alpha 0.9 changes the TD
+    targets (and so the losses) and logs the mean bonus, which lies in [l0, 0]."""
+    common = [*SMOKE["soft_dqn.py"], "--tau", "0.03"]
+    runs = {"soft": [], "alpha0": ["--munchausen-alpha", "0"], "m": ["--munchausen-alpha", "0.9", "--munchausen-l0", "-0.5"]}
+    logs = {
+        name: without_sps(scalars) for name, scalars in scalars_of_runs(tmp_path_factory, "soft_dqn.py", common, runs).items()
+    }
+    assert logs["alpha0"] == logs["soft"]
+    assert "losses/munchausen_term" not in logs["soft"]
+    terms = [v for _, v in logs["m"]["losses/munchausen_term"]]
+    assert len(terms) == 2 and all(-0.5 <= v < 0 for v in terms), terms
+    assert logs["m"]["losses/td_loss"] != logs["soft"]["losses/td_loss"]

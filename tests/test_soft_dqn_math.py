@@ -129,3 +129,40 @@ def test_linear_schedule():
     assert sd.linear_schedule(1.0, 0.01, 100, 0) == 1.0
     assert sd.linear_schedule(1.0, 0.01, 100, 50) == pytest.approx(0.505)
     assert sd.linear_schedule(1.0, 0.01, 100, 1000) == 0.01
+
+
+def reference_munchausen(q: np.ndarray, actions: np.ndarray, tau: float, l0: float) -> np.ndarray:
+    """clip(tau * log softmax(Q/tau)[a], l0, 0), written with plain float64 numpy."""
+    z = (q - q.max(axis=-1, keepdims=True)) / tau
+    log_pi = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return np.clip(tau * log_pi[np.arange(len(q)), actions], l0, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    q=st.integers(2, 18).flatmap(
+        lambda n: arrays(np.float64, (4, n), elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
+    ),
+    tau=st.floats(1e-6, 10.0),
+    l0=st.floats(-10.0, 0.0),
+    seed=st.integers(0, 2**16),
+)
+def test_munchausen_term_matches_float64_reference(q, tau, l0, seed):
+    """float32, as training computes it, against float64: finite and within float32 rounding of the
+    clipped range, for |Q| up to 1e6 and tau down to 1e-6."""
+    actions = np.random.default_rng(seed).integers(0, q.shape[1], len(q))
+    q32 = q.astype(np.float32)
+    got = sd.munchausen_term(torch.from_numpy(q32), torch.from_numpy(actions), tau, l0).numpy()
+    assert np.isfinite(got).all() and (got <= 0).all() and (got >= l0).all()
+    np.testing.assert_allclose(got, reference_munchausen(q32.astype(np.float64), actions, tau, l0), rtol=0, atol=1e-5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(q=q_arrays, tau=taus)
+def test_munchausen_bootstrap_is_the_entropy_soft_value(q, tau):
+    """sum_a pibar(a|s) [Q(s,a) - tau log pibar(a|s)] = tau logsumexp(Q/tau) = soft_value(entropy form): the
+    soft backup the script already computes is Munchausen's bootstrap term (l0 = -inf: no clipping)."""
+    q = torch.from_numpy(q)
+    pi = torch.softmax((q - q.max(-1, keepdim=True).values) / tau, -1)
+    tau_log_pi = torch.stack([sd.munchausen_term(q, torch.full((len(q),), a), tau, -math.inf) for a in range(q.shape[1])], -1)
+    torch.testing.assert_close((pi * (q - tau_log_pi)).sum(-1), sd.soft_value(q, tau, "entropy"), rtol=1e-12, atol=1e-9)
