@@ -4,6 +4,11 @@ print the table of final returns.
     python experiments/plot.py experiments/fig3_pgql.toml                      # -> docs/figures/fig3_pgql.png
     python experiments/plot.py experiments/fig3_pgql.toml --out my.png --last 100
 
+Every run's logged scalars (game returns, losses, entropy; a few hundred KB) are kept in
+docs/data/{figure}/{variant}/{game}/seed{seed}.csv.gz, committed: each plot refreshes them from
+the TensorBoard logs it finds under experiments/results/, and reads them where it finds none. So
+a fresh clone redraws every figure of docs/results.md, and a lost machine loses no evidence.
+
 One panel per game, frames on the x axis, one line per variant: the mean over seeds of the
 training return (real games, all lives, unclipped), each seed's curve being the mean return
 of the games that ended in each of --bins frame intervals, with a shaded band of +-1 standard
@@ -18,6 +23,8 @@ interquartile mean (IQM) of all its runs with a 95% stratified-bootstrap confide
 """
 
 import argparse
+import csv
+import gzip
 import sys
 import warnings
 from pathlib import Path
@@ -42,24 +49,47 @@ RANDOM_HUMAN = {
 }
 
 
-def episodes(run_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(frames, return) of every game a run logged, in order (empty arrays if none), and the
-    frames the run reached (its last logged step of any kind)."""
+def logged_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(agent step, value)] of every scalar a run's TensorBoard logs hold ({} if none)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    dirs = sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}) if run_dir.exists() else []
-    steps, returns, reached = [], [], 0
-    for d in dirs:
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for d in sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")}) if run_dir.exists() else []:
         acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
         acc.Reload()
-        reached = max([reached] + [acc.Scalars(tag)[-1].step for tag in acc.Tags()["scalars"]])
-        if TAG in acc.Tags()["scalars"]:
-            events = acc.Scalars(TAG)
-            steps += [e.step for e in events]
-            returns += [e.value for e in events]
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return scalars
+
+
+def save_compact(scalars: dict, path: Path) -> None:
+    """The scalars as gzipped CSV rows tag,step,value (written whole, then moved into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["tag", "step", "value"])
+        rows.writerows((tag, step, f"{value:.7g}") for tag, points in scalars.items() for step, value in points)
+    tmp.replace(path)
+
+
+def load_compact(path: Path) -> dict[str, list[tuple[int, float]]]:
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    if path.exists():
+        with gzip.open(path, "rt", newline="") as f:
+            for tag, step, value in list(csv.reader(f))[1:]:
+                scalars.setdefault(tag, []).append((int(step), float(value)))
+    return scalars
+
+
+def episodes(scalars: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """(frames, return) of every game a run logged, in order (empty arrays if none), and the
+    frames the run reached (its last logged step of any kind)."""
+    games = scalars.get(TAG, [])
+    reached = max((points[-1][0] for points in scalars.values() if points), default=0)
     return (
-        np.asarray(steps, dtype=np.int64) * FRAMES_PER_STEP,
-        np.asarray(returns, dtype=np.float64),
+        np.asarray([step for step, _ in games], dtype=np.int64) * FRAMES_PER_STEP,
+        np.asarray([value for _, value in games], dtype=np.float64),
         reached * FRAMES_PER_STEP,
     )
 
@@ -128,12 +158,17 @@ def stratified_bootstrap_iqm(per_game: list[np.ndarray], reps: int, rng: np.rand
     return iqm(pooled), float(low), float(high)
 
 
-def collect(description: str, results: Path, frames: int | None, games, seeds, variants):
-    """{(variant, game): [(frames, returns) per seed]} for the planned runs, and the planned frames."""
+def collect(description: str, results: Path, saved: Path, frames: int | None, games, seeds, variants):
+    """{(variant, game): [(frames, returns, reached) per seed]} for the planned runs, and the runs. A run's
+    TensorBoard logs under `results` are saved compactly under `saved` first; without logs, what was saved is read."""
     runs = plan(description, results, frames, games, seeds, variants, [])
     data: dict[tuple[str, str], list] = {}
     for r in runs:
-        data.setdefault((r.variant, r.game), []).append(episodes(r.directory))
+        compact = saved / r.directory.relative_to(results).with_suffix(".csv.gz")
+        scalars = logged_scalars(r.directory)
+        if scalars:
+            save_compact(scalars, compact)
+        data.setdefault((r.variant, r.game), []).append(episodes(scalars or load_compact(compact)))
     return data, runs
 
 
@@ -220,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--variants", nargs="+")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    parser.add_argument("--data", default=str(ROOT / "docs" / "data"), help="where the runs' compact logs are kept")
     parser.add_argument("--out", help="PNG path (default docs/figures/{figure}.png)")
     parser.add_argument("--bins", type=int, default=50, help="frame intervals of the curves")
     parser.add_argument("--last", type=int, default=100, help="games per seed in the final-return table")
@@ -228,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from run import load
 
-    data, _ = collect(opts.description, Path(opts.results), opts.frames, opts.games, opts.seeds, opts.variants)
+    data, _ = collect(
+        opts.description, Path(opts.results), Path(opts.data), opts.frames, opts.games, opts.seeds, opts.variants
+    )
     out = Path(opts.out) if opts.out else ROOT / "docs" / "figures" / f"{Path(opts.description).stem}.png"
     draw(data, load(opts.description)["title"], out, opts.bins)
     print(f"figure: {out}")
