@@ -640,10 +640,10 @@ if __name__ == "__main__":
 
     def update(obs, next_obs, actions, returns, bootstrap_discount) -> tuple[torch.Tensor, ...]:
         """The TD loss of the target (eqs. 81-83, 46; Munchausen's bonus with --munchausen-alpha) and its
-        gradient; returns the loss, Q(s, .) and the mean Munchausen term, detached."""
+        gradient; returns the loss, Q(s, .) and the Munchausen terms (None without), detached."""
         with torch.no_grad():
             td_target = returns + bootstrap_discount * soft_value(target_network(next_obs), args.tau, args.regularizer)
-            bonus = torch.zeros_like(returns)
+            bonus = None
             if args.munchausen_alpha > 0:
                 bonus = munchausen_term(target_network(obs), actions, args.tau, args.munchausen_l0)
                 td_target = td_target + args.munchausen_alpha * bonus
@@ -651,7 +651,7 @@ if __name__ == "__main__":
         loss = F.mse_loss(q_all.gather(1, actions[:, None]).squeeze(1), td_target)
         optimizer.zero_grad()
         loss.backward()
-        return loss.detach(), q_all.detach(), bonus.mean()
+        return loss.detach(), q_all.detach(), bonus
 
     if args.compile:
         q_values = torch.compile(q_values, mode="reduce-overhead" if args.cudagraphs else None)
@@ -725,8 +725,8 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/td_loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_taken.mean().item(), global_step)
                 writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all, args.tau).mean().item(), global_step)
-                if args.munchausen_alpha > 0:
-                    writer.add_scalar("losses/munchausen_term", munchausen.item(), global_step)
+                if munchausen is not None:
+                    writer.add_scalar("losses/munchausen_term", munchausen.mean().item(), global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
