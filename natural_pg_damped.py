@@ -32,6 +32,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, fields
 from typing import Callable, Literal, NamedTuple, Optional
 
@@ -41,7 +42,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.func import functional_call, jvp, vjp
-from torch.nn.utils import vector_to_parameters
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -251,6 +251,15 @@ def policy_jacobian(model: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, 
     return theta, logits.detach(), lambda v: jvp(logits_of, (theta,), (v,))[1], lambda u: vjp_fn(u)[0]
 
 
+@torch.no_grad()
+def set_parameters(model: nn.Module, theta: torch.Tensor) -> None:
+    """Copy the flat vector `theta` (ordered as `policy_jacobian`'s) into `model`'s parameters in
+    place: each keeps its memory layout (channels-last convolutions), so compiled graphs see the same tensors."""
+    params = list(model.parameters())
+    for p, chunk in zip(params, theta.split([p.numel() for p in params])):
+        p.copy_(chunk.view_as(p))
+
+
 def logit_fisher(logits: torch.Tensor, actions: torch.Tensor, fisher: str) -> Callable:
     """d -> M_t d_t for logit-space vectors d (B, |A|): the softmax policy's Fisher information in its
     logits, with p_t = softmax(logits_t) = pi_old(.|s_t) and psi_t = J_t^T (e_{a_t} - p_t):
@@ -391,11 +400,11 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     if args.max_kl is not None:
 
         def kl_of(f: float) -> float:
-            vector_to_parameters(b.theta_old + f * step, policy.parameters())
+            set_parameters(policy, b.theta_old + f * step)
             return mean_kl(b.logits_old, policy_fn(b.obs)).item()
 
         fraction, _ = kl_backtrack(kl_of, args.max_kl, start=fraction)
-        vector_to_parameters(b.theta_old + fraction * step, policy.parameters())
+        set_parameters(policy, b.theta_old + fraction * step)
     taken = fraction * step
     logits_new = policy_fn(b.obs)
     residual = npg_residual(logits_new, b.logits_old, b.actions, b.reg_advantages, args.tau, args.eps)
@@ -423,7 +432,7 @@ def npg_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args) -> di
     if args.max_kl is not None:
         predicted = quadratic_kl(b.logits_old, b.jv(natural))  # of the full step; f^2 times that for f s
         fraction = min(1.0, math.sqrt(args.max_kl / predicted)) if predicted > 0 else 1.0
-    vector_to_parameters(b.theta_old + fraction * natural, policy.parameters())
+    set_parameters(policy, b.theta_old + fraction * natural)
     return finish_step(policy, policy_fn, b, natural, fraction, natural, cg_residual, args)
 
 
@@ -476,10 +485,11 @@ class NatureCNN(nn.Module):
             nn.ReLU(),
             layer_init(nn.Linear(512, out_features), std=head_std),
         )
+        self.to(memory_format=torch.channels_last)  # conv weights NHWC once, not converted at every call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) input: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md); same math.
-        # The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        # channels-last (NHWC) input, like the weights: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md),
+        # same math. The layout is changed while the frames are still uint8 (a quarter of the bytes).
         return self.net(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
 
 
@@ -490,13 +500,13 @@ def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, de
     envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
     policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
     policy.load_state_dict(torch.load(model_path, map_location=device)["policy"])
-    generator, n = torch.Generator(device).manual_seed(seed), envs.num_envs
+    generator, n = torch.Generator().manual_seed(seed), envs.num_envs
     quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
     returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
     obs, _ = envs.reset(seed=seed)
     while any(len(r) < q for r, q in zip(returns, quota)):
         with torch.no_grad():
-            actions = sample_actions(policy(torch.from_numpy(obs).to(device)), generator).cpu().numpy()
+            actions = sample_actions(policy(torch.from_numpy(obs).to(device)).cpu(), generator).numpy()
         if video_path and not returns[0]:
             frames.append(obs[0, -1].copy())
         obs, reward, terminated, truncated, _ = envs.step(actions)
@@ -569,7 +579,7 @@ def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, pr
 
 
 # The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track compile cudagraphs".split()
+RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
@@ -601,15 +611,32 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
     return args, checkpoint
 
 
-def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter, Optional[str]]:
+def select_device(cuda: bool) -> tuple[torch.device, str]:
+    """The device to run on, and one line saying which and why (printed, and logged with the
+    hyperparameters): the GPU, or why --cuda found none (no CUDA build, no device, a driver
+    too old for this torch: torch's own warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+    if cuda and usable:
+        return torch.device("cuda"), f"device: cuda ({torch.cuda.get_device_name()}; {versions})"
+    why = ("--no-cuda" if not cuda else "--cuda: this torch has no CUDA" if torch.version.cuda is None
+           else f"--cuda: no usable GPU ({caught[0].message})" if caught else "--cuda: no GPU found")  # fmt: skip
+    return torch.device("cpu"), f"device: cpu ({versions}; {why})"
+
+
+def start_run(args: Args, checkpoint: Optional[dict], device: str) -> tuple[str, str, SummaryWriter, Optional[str]]:
     """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
     runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
-    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step)."""
+    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step).
+    Each start logs its options and `device` (a resumed run may change a few, and the device)."""
     if checkpoint:
         run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
     else:
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = f"runs/{run_name}"
+    config = {**vars(args), "device": device}
     if args.track:
         import wandb
 
@@ -617,15 +644,15 @@ def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, Summary
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args),
+            config=config,
             name=run_name,
             id=checkpoint["wandb_id"] if checkpoint else None,
             resume="allow",
             save_code=True,
         )
-    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
-    if not checkpoint:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    step = checkpoint["global_step"] if checkpoint else 0
+    writer = SummaryWriter(run_dir, purge_step=step + 1 if checkpoint else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()), step)
     return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
 
 
@@ -707,13 +734,14 @@ def save_gif(frames: list, path: str, fps: int = 15) -> None:
 if __name__ == "__main__":
     args, checkpoint = parse_args()
     stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
-    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint)
+    device, device_line = select_device(args.cuda)
+    print(device_line, flush=True)
+    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    generator = torch.Generator(device).manual_seed(args.seed)  # action sampling
+    generator = torch.Generator().manual_seed(args.seed)  # action sampling, on the host: its state loads on any device
     shuffle = torch.Generator().manual_seed(args.seed)  # minibatches
 
     envs = make_env(args.env_id, args.num_envs)
@@ -752,13 +780,13 @@ if __name__ == "__main__":
         for t in range(T):
             obs_buf[t] = torch.from_numpy(obs).to(device)
             with torch.no_grad():
-                action = sample_actions(policy_fn(obs_buf[t]), generator)
+                action = sample_actions(policy_fn(obs_buf[t]).cpu(), generator)  # on the host, like the env
                 values_buf[t] = value_fn(obs_buf[t]).squeeze(-1)
             actions_buf[t] = action
             if args.capture_video and video_schedule(games_env0):
                 video_frames.append(obs[0, -1].copy())
             prev_info = info
-            obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            obs, reward, terminated, truncated, info = envs.step(action.numpy())
             restarted = game_restarted(terminated, truncated, info, prev_info)
             rewards_buf[t] = np.clip(reward, -1, 1)
             terminated_buf[t], truncated_buf[t] = terminated, truncated

@@ -29,6 +29,7 @@ Run:
 
 import argparse
 import collections
+import contextlib
 import datetime
 import math
 import os
@@ -37,6 +38,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, fields
 from typing import Literal, Optional
 
@@ -339,6 +341,21 @@ def equivalence_check(logits: torch.Tensor, values: torch.Tensor, actions: torch
     return cosine, rel_error, gradient_agreement(ql_sampled, pg_sampled, params)[0]
 
 
+@contextlib.contextmanager
+def ieee_float32():
+    """Float32 convolutions and matmuls at full precision inside the block. cuDNN convolutions
+    default to TF32 on Ampere and later GPUs (10-bit mantissa), whose rounding would lift the
+    check's relative error from float32's ~1e-7 to ~1e-4: the check's figures are float32's on
+    every device. (Training keeps torch's defaults.)"""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 # ----------------------------------------------------------------------------------------------
 # Network, optimizer (TensorFlow's RMSprop), evaluation
 # ----------------------------------------------------------------------------------------------
@@ -369,10 +386,11 @@ class ActorCritic(nn.Module):
         )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1.0)
+        self.to(memory_format=torch.channels_last)  # conv weights NHWC once, not converted at every call
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels-last (NHWC) input: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md); same math.
-        # The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        # channels-last (NHWC) input, like the weights: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md),
+        # same math. The layout is changed while the frames are still uint8 (a quarter of the bytes).
         hidden = self.trunk(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
@@ -414,13 +432,13 @@ def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, de
     envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
     agent = ActorCritic(envs.single_action_space.n).to(device)
     agent.load_state_dict(torch.load(model_path, map_location=device))
-    generator, n = torch.Generator(device).manual_seed(seed), envs.num_envs
+    generator, n = torch.Generator().manual_seed(seed), envs.num_envs
     quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
     returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
     obs, _ = envs.reset(seed=seed)
     while any(len(r) < q for r, q in zip(returns, quota)):
         with torch.no_grad():
-            actions = sample_actions(agent(torch.from_numpy(obs).to(device))[0], generator).cpu().numpy()
+            actions = sample_actions(agent(torch.from_numpy(obs).to(device))[0].cpu(), generator).numpy()
         if video_path and not returns[0]:
             frames.append(obs[0, -1].copy())
         obs, reward, terminated, truncated, _ = envs.step(actions)
@@ -493,7 +511,7 @@ def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, pr
 
 
 # The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track compile cudagraphs".split()
+RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
@@ -525,15 +543,32 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
     return args, checkpoint
 
 
-def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter, Optional[str]]:
+def select_device(cuda: bool) -> tuple[torch.device, str]:
+    """The device to run on, and one line saying which and why (printed, and logged with the
+    hyperparameters): the GPU, or why --cuda found none (no CUDA build, no device, a driver
+    too old for this torch: torch's own warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+    if cuda and usable:
+        return torch.device("cuda"), f"device: cuda ({torch.cuda.get_device_name()}; {versions})"
+    why = ("--no-cuda" if not cuda else "--cuda: this torch has no CUDA" if torch.version.cuda is None
+           else f"--cuda: no usable GPU ({caught[0].message})" if caught else "--cuda: no GPU found")  # fmt: skip
+    return torch.device("cpu"), f"device: cpu ({versions}; {why})"
+
+
+def start_run(args: Args, checkpoint: Optional[dict], device: str) -> tuple[str, str, SummaryWriter, Optional[str]]:
     """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
     runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
-    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step)."""
+    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step).
+    Each start logs its options and `device` (a resumed run may change a few, and the device)."""
     if checkpoint:
         run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
     else:
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = f"runs/{run_name}"
+    config = {**vars(args), "device": device}
     if args.track:
         import wandb
 
@@ -541,15 +576,15 @@ def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, Summary
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args),
+            config=config,
             name=run_name,
             id=checkpoint["wandb_id"] if checkpoint else None,
             resume="allow",
             save_code=True,
         )
-    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
-    if not checkpoint:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    step = checkpoint["global_step"] if checkpoint else 0
+    writer = SummaryWriter(run_dir, purge_step=step + 1 if checkpoint else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()), step)
     return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
 
 
@@ -631,13 +666,14 @@ def save_gif(frames: list, path: str, fps: int = 15) -> None:
 if __name__ == "__main__":
     args, checkpoint = parse_args()
     stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
-    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint)
+    device, device_line = select_device(args.cuda)
+    print(device_line, flush=True)
+    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    generator = torch.Generator(device).manual_seed(args.seed)  # action sampling
+    generator = torch.Generator().manual_seed(args.seed)  # action sampling, on the host: its state loads on any device
 
     envs = make_env(args.env_id, args.num_envs)
     agent = ActorCritic(envs.single_action_space.n).to(device)
@@ -677,14 +713,14 @@ if __name__ == "__main__":
             rollout_obs.append(torch.from_numpy(obs).to(device))
             logits, value = policy_value(rollout_obs[-1])
             with torch.no_grad():
-                action = sample_actions(logits, generator)
+                action = sample_actions(logits.cpu(), generator)  # on the host, like the env
             rollout_logits.append(logits)
             rollout_values.append(value)
             rollout_actions.append(action)
             if args.capture_video and video_schedule(games_env0):
                 video_frames.append(obs[0, -1].copy())
             prev_info = info
-            obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+            obs, reward, terminated, truncated, info = envs.step(action.numpy())
             restarted = game_restarted(terminated, truncated, info, prev_info)
             rewards_buf[t] = np.clip(reward, -1, 1)
             terminated_buf[t], truncated_buf[t] = terminated, truncated
@@ -717,7 +753,7 @@ if __name__ == "__main__":
         advantages, value_targets = n_step_advantages(
             rewards, bonuses, values.detach(), next_value, terminated, truncated, cut_values, args.gamma, "proper"
         )
-        logits, values, actions = logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions)
+        logits, values, actions = logits.flatten(0, 1), values.flatten(), torch.cat(rollout_actions).to(device)
         advantages, value_targets = advantages.flatten(), value_targets.flatten()
         pg_loss, parts = a2c_loss(logits, values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef)
         if args.tau > 0:  # the soft Q-learning loss on this batch (logged for both updates)
@@ -729,12 +765,12 @@ if __name__ == "__main__":
             where = f"at global_step {global_step}, update {iteration}"
             sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} {where}")
         if args.equiv_check_every > 0 and iteration % args.equiv_check_every == 0:  # on this batch, before the update,
-            # through a forward pass of its own (see equivalence_check)
-            check_logits, check_values = agent(torch.cat(rollout_obs))
-            cosine, rel_error, cosine_sampled = equivalence_check(
-                check_logits, check_values, actions, advantages, value_targets, args.tau, args.regularizer, args.vf_coef,
-                args.grad_scaling, list(agent.parameters()),
-            )  # fmt: skip
+            with ieee_float32():  # through a forward pass of its own (see equivalence_check), without TF32
+                check_logits, check_values = agent(torch.cat(rollout_obs))
+                cosine, rel_error, cosine_sampled = equivalence_check(
+                    check_logits, check_values, actions, advantages, value_targets, args.tau, args.regularizer,
+                    args.vf_coef, args.grad_scaling, list(agent.parameters()),
+                )  # fmt: skip
             writer.add_scalar("equiv/cosine_expected", cosine, global_step)
             writer.add_scalar("equiv/rel_error_expected", rel_error, global_step)
             writer.add_scalar("equiv/cosine_sampled", cosine_sampled, global_step)
@@ -760,8 +796,8 @@ if __name__ == "__main__":
             ))  # fmt: skip
             if stop.signum:
                 break
-            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a
-            # run resumed from it (their last rollout bootstrapped from V(s_T), as at a time limit; not logged).
+            # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a run
+            # resumed from it (their last rollout bootstrapped from V(s_T), as at a time limit; not logged).
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
     stopped = stop.signum is not None  # the loop wrote a checkpoint and broke off

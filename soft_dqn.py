@@ -37,6 +37,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple, Optional
 
@@ -265,11 +266,20 @@ class QNetwork(nn.Module):
             nn.ReLU(),
             nn.Linear(512, num_actions),
         )
+        self.to(memory_format=torch.channels_last)  # conv weights NHWC once, not converted at every call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) input: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md); same math.
-        # The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        # channels-last (NHWC) input, like the weights: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md),
+        # same math. The layout is changed while the frames are still uint8 (a quarter of the bytes).
         return self.network(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
+
+
+def to_device(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """A sampled batch to `device`. On CUDA each tensor is staged in pinned (page-locked) memory and
+    copied asynchronously: a copy from ordinary memory would make the host wait for the GPU."""
+    if device.type != "cuda":
+        return list(tensors)
+    return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
 
 
 class ReplaySample(NamedTuple):
@@ -478,7 +488,7 @@ def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, pr
 
 
 # The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track compile cudagraphs".split()
+RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
 
 
 def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
@@ -510,15 +520,32 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
     return args, checkpoint
 
 
-def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter, Optional[str]]:
+def select_device(cuda: bool) -> tuple[torch.device, str]:
+    """The device to run on, and one line saying which and why (printed, and logged with the
+    hyperparameters): the GPU, or why --cuda found none (no CUDA build, no device, a driver
+    too old for this torch: torch's own warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+    if cuda and usable:
+        return torch.device("cuda"), f"device: cuda ({torch.cuda.get_device_name()}; {versions})"
+    why = ("--no-cuda" if not cuda else "--cuda: this torch has no CUDA" if torch.version.cuda is None
+           else f"--cuda: no usable GPU ({caught[0].message})" if caught else "--cuda: no GPU found")  # fmt: skip
+    return torch.device("cpu"), f"device: cpu ({versions}; {why})"
+
+
+def start_run(args: Args, checkpoint: Optional[dict], device: str) -> tuple[str, str, SummaryWriter, Optional[str]]:
     """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
     runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
-    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step)."""
+    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step).
+    Each start logs its options and `device` (a resumed run may change a few, and the device)."""
     if checkpoint:
         run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
     else:
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = f"runs/{run_name}"
+    config = {**vars(args), "device": device}
     if args.track:
         import wandb
 
@@ -526,15 +553,15 @@ def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, Summary
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args),
+            config=config,
             name=run_name,
             id=checkpoint["wandb_id"] if checkpoint else None,
             resume="allow",
             save_code=True,
         )
-    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
-    if not checkpoint:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    step = checkpoint["global_step"] if checkpoint else 0
+    writer = SummaryWriter(run_dir, purge_step=step + 1 if checkpoint else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()), step)
     return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
 
 
@@ -616,13 +643,14 @@ def save_gif(frames: list, path: str, fps: int = 15) -> None:
 if __name__ == "__main__":
     args, checkpoint = parse_args()
     stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
-    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint)
+    device, device_line = select_device(args.cuda)
+    print(device_line, flush=True)
+    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     envs = make_env(args.env_id, args.num_envs)
     num_actions = envs.single_action_space.n
@@ -712,16 +740,15 @@ if __name__ == "__main__":
             batch = rb.sample(args.batch_size, rng)
             returns, discount, offset = n_step_returns(*batch[4:], args.gamma)  # rewards, bonuses, terminated, truncated
             next_obs_batch = rb.stacks(batch.env, batch.slot + offset)
-            loss, q_all, munchausen = update(
-                *(x.to(device) for x in (batch.obs, next_obs_batch, batch.actions, returns, discount))
-            )
+            inputs = to_device(device, batch.obs, next_obs_batch, batch.actions, returns, discount)
+            loss, q_all, munchausen = update(*inputs)
             optimizer.step()
             num_updates += 1
             if not torch.isfinite(loss):  # a NaN/inf step was taken: stop before the next one
                 where = f"at global_step {global_step}, update {num_updates}"
                 sys.exit(f"{os.path.basename(__file__)}: error: non-finite losses/td_loss ({loss.item()}) {where}")
             if num_updates % 100 == 0:
-                q_taken = q_all.gather(1, batch.actions[:, None].to(device))
+                q_taken = q_all.gather(1, inputs[2][:, None])
                 writer.add_scalar("losses/td_loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_taken.mean().item(), global_step)
                 writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all, args.tau).mean().item(), global_step)

@@ -31,11 +31,14 @@ SCRIPTS = list(SMOKE)
 
 
 def run_in(cwd: Path, script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python SCRIPT ARGS...` in `cwd` (runs/ and videos/ land there), as a user does."""
+    """Run `python SCRIPT ARGS...` in `cwd` (runs/ and videos/ land there), as a user does.
+    Precision: float32 without TF32 on any device (on a GPU, NVIDIA_TF32_OVERRIDE=0 makes cuBLAS
+    and cuDNN ignore TF32, cuDNN's default for convolutions), so the tests that compare logged
+    values (eager vs compiled, resumed vs uninterrupted) hold float32 tolerances there too."""
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "NVIDIA_TF32_OVERRIDE": "0", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

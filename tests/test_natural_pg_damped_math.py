@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.func import functional_call
-from torch.nn.utils import vector_to_parameters
 
 import natural_pg_damped as npgd
 from natural_pg_damped import (
@@ -323,7 +322,7 @@ def test_npg_first_try_predicts_the_kl_it_takes(mlp, fisher, monkeypatch):
     """npg's first try is where the quadratic model reaches --max-kl: its measured KL must be within 10% of
     --max-kl, whichever Fisher gives the direction (it was ~2x: the model's 1/2 was applied twice)."""
     p, model = mlp["p"], nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    vector_to_parameters(p["theta"], model.parameters())
+    npgd.set_parameters(model, p["theta"])  # copied: the parameters must not alias theta_old
     batch = Batch(
         obs=p["obs"], actions=p["actions"], values_old=p["values"], theta_old=p["theta"], logits_old=p["logits"],
         jv=mlp["jv"], jtu=mlp["jtu"], reg_advantages=p["A"], targets=p["values"],

@@ -1,0 +1,95 @@
+"""What the scripts do about the device, checked on the CPU: the device line, channels-last
+networks kept so, pinned copies only on CUDA, the equivalence check's float32 precision, and
+checkpoints whose random state loads on any device. (benchmarks/gpu_check.sh runs the CUDA side.)"""
+
+import warnings
+
+import pytest
+import torch
+
+import a2c_entropy
+import natural_pg_damped
+import pgql_equiv
+import soft_dqn
+
+
+def test_the_device_line_says_which_device_and_why_not_cuda(monkeypatch):
+    select = soft_dqn.select_device
+    assert select(False) == (
+        torch.device("cpu"),
+        f"device: cpu (torch {torch.__version__}, CUDA {torch.version.cuda}; --no-cuda)",
+    )
+
+    def unusable():  # what torch does when the driver is older than the wheel's CUDA
+        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 11040)")
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", unusable)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    device, line = select(True)
+    assert device == torch.device("cpu") and line.endswith("--cuda: no usable GPU (CUDA initialization: The NVIDIA driver "
+                                                           "on your system is too old (found version 11040)))")  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select(True)[1].endswith("CUDA 13.0; --cuda: no GPU found)")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert select(True)[1].endswith("--cuda: this torch has no CUDA)")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    assert select(True) == (torch.device("cuda"), f"device: cuda (NVIDIA H200; torch {torch.__version__}, CUDA 13.0)")
+
+
+def conv_weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+NETWORKS = [
+    lambda: soft_dqn.QNetwork(4),
+    lambda: a2c_entropy.ActorCritic(4),
+    lambda: pgql_equiv.ActorCritic(4),
+    lambda: natural_pg_damped.NatureCNN(4, 0.01),
+]
+
+
+@pytest.mark.parametrize("make", NETWORKS)
+def test_networks_hold_their_convolutions_channels_last(make):
+    """Converted once at construction, and kept through .to(), loading and the optimizer's state."""
+    model = make().to("cpu")
+    model.load_state_dict(make().state_dict())
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(model))
+    optimizer = torch.optim.Adam(model.parameters())
+    out = model(torch.zeros(2, 4, 84, 84, dtype=torch.uint8))
+    (out[0] if isinstance(out, tuple) else out).sum().backward()
+    optimizer.step()
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(model))
+    exp_avg = [optimizer.state[w]["exp_avg"] for w in conv_weights(model)]
+    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in exp_avg)
+
+
+def test_set_parameters_keeps_the_layout_and_is_the_inverse_of_flattening():
+    policy = natural_pg_damped.NatureCNN(4, 0.01)
+    theta = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
+    before = policy(obs)
+    natural_pg_damped.set_parameters(policy, theta + 0.01)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(policy))
+    natural_pg_damped.set_parameters(policy, theta)
+    assert torch.equal(torch.cat([p.detach().flatten() for p in policy.parameters()]), theta)
+    torch.testing.assert_close(policy(obs), before, rtol=0, atol=0)
+
+
+def test_batches_are_staged_through_pinned_memory_only_on_cuda():
+    batch = [torch.zeros(2, 4, 84, 84, dtype=torch.uint8), torch.zeros(2)]
+    assert all(a is b for a, b in zip(soft_dqn.to_device(torch.device("cpu"), *batch), batch))
+
+
+def test_the_equivalence_check_runs_at_full_float32_precision():
+    """TF32 off inside the check (cuDNN convolutions default to TF32 on Ampere and later), restored after."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with pgql_equiv.ieee_float32():
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with pytest.raises(RuntimeError), pgql_equiv.ieee_float32():
+        raise RuntimeError
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
