@@ -11,6 +11,8 @@ from conftest import ROOT, SCRIPTS
 
 def known_options() -> set[str]:
     known = {"--help", "--check"}  # --help of every tool, `ruff format --check`
+    # pip's, in benchmarks/RESULTS.md's instructions for carrying wheels to a GPU machine
+    known |= {"--no-deps", "--only-binary", "--python-version", "--implementation", "--platform", "--no-index", "--target"}
     for script in SCRIPTS:
         for field in dataclasses.fields(importlib.import_module(script[: -len(".py")]).Args):
             for name in (field.name, field.name.replace("_", "-")):
