@@ -18,8 +18,12 @@ MODULES = {script: importlib.import_module(script[: -len(".py")]) for script in 
 BAD_INPUT = [
     ("soft_dqn.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
     ("soft_dqn.py", ["--tau", "-0.1"], "--tau must be a finite number >= 0"),
-    ("soft_dqn.py", ["--n-step", "0"], "--n-step and --num-envs must be >= 1"),
-    ("soft_dqn.py", ["--num-envs", "0"], "--n-step and --num-envs must be >= 1"),
+    ("soft_dqn.py", ["--n-step", "0"], "--n-step must be >= 1"),
+    ("soft_dqn.py", ["--num-envs", "0"], "--num-envs must be in [1, 512]"),
+    ("a2c_entropy.py", ["--num-envs", "10000"], "--num-envs must be in [1, 512]: each env takes ~0.1 s to build"),
+    ("pgql_equiv.py", ["--num-envs", "513"], "--num-envs must be in [1, 512]"),
+    ("natural_pg_damped.py", ["--num-envs", "10000"], "--num-envs must be in [1, 512]"),
+    ("soft_dqn.py", ["--buffer-size", "1000000000"], "--buffer-size 1,000,000,000 needs 7,069.0 GB of memory for the replay"),
     ("soft_dqn.py", ["--batch-size", "64", "--buffer-size", "32"], "--batch-size 64 is larger than --buffer-size"),
     ("soft_dqn.py", ["--learning-starts", "16"], "--learning-starts must be >= 32 to sample a whole batch"),
     ("soft_dqn.py", ["--learning-starts", "20000000"], "--learning-starts must be below --total-timesteps"),
@@ -47,7 +51,7 @@ BAD_INPUT = [
     ("a2c_entropy.py", ["--tau", "-0.01"], "--tau must be a finite number >= 0"),
     ("a2c_entropy.py", ["--tau", "inf"], "--tau must be a finite number >= 0"),
     ("a2c_entropy.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
-    ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
+    ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs must be in [1, 512]"),
     (
         "a2c_entropy.py",
         ["--total-timesteps", "50"],
