@@ -264,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from run import load
 
-    data, _ = collect(
+    data, runs = collect(
         opts.description, Path(opts.results), Path(opts.data), opts.frames, opts.games, opts.seeds, opts.variants
     )
+    if not any(len(returns) for seeds in data.values() for _, returns, _ in seeds):
+        print(f"plot.py: no runs found: none of the {len(runs)} planned runs has logs under --results {opts.results} "
+              f"or saved data under --data {opts.data}", file=sys.stderr)  # fmt: skip
+        return 1
     out = Path(opts.out) if opts.out else ROOT / "docs" / "figures" / f"{Path(opts.description).stem}.png"
     draw(data, load(opts.description)["title"], out, opts.bins)
     print(f"figure: {out}")

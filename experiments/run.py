@@ -30,9 +30,12 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
@@ -92,8 +95,13 @@ def slug(text: str) -> str:
 
 
 def load(path: str) -> dict:
-    with open(path, "rb") as f:
-        description = tomllib.load(f)
+    try:
+        with open(path, "rb") as f:
+            description = tomllib.load(f)
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read the description: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise SystemExit(f"{path}: not valid TOML: {e}")
     missing = {"title", "script", "games", "seeds", "frames", "variants"} - set(description)
     if missing:
         raise SystemExit(f"{path}: missing {', '.join(sorted(missing))}")
@@ -118,6 +126,14 @@ def plan(path: str, results: Path, frames: int | None, games, seeds, variants, e
     unknown = set(variants or []) - set(d["variants"])
     if unknown:
         raise SystemExit(f"unknown variant(s) {sorted(unknown)}; {figure} has {sorted(d['variants'])}")
+    sys.path.insert(0, str(ROOT))
+    from soft_dqn import ale_game_name  # the scripts' own check (the same in all four)
+
+    for game in match_games(games, d["games"]):
+        try:
+            ale_game_name(game)
+        except ValueError as e:
+            raise SystemExit(f"--games: {e}".replace("--env-id: ", ""))
     runs = []
     for variant, options in d["variants"].items():
         if variants and variant not in variants:
@@ -131,8 +147,31 @@ def plan(path: str, results: Path, frames: int | None, games, seeds, variants, e
     return runs
 
 
-def execute(run: Run, checkpoint_every: int, threads: int | None = None) -> int:
-    """Run (or resume) one run in its directory; write done.json when it finishes. Returns the exit status."""
+STOP = threading.Event()  # set by the first Ctrl-C / SIGTERM: no run starts after it
+RUNNING: set[subprocess.Popen] = set()
+LOCK = threading.Lock()
+
+
+def stop_all(signum, frame) -> None:
+    """The first signal goes on to every running run (each writes its checkpoint and exits) and no
+    run starts after it; later ones only say what is being waited for."""
+    name = signal.Signals(signum).name
+    with LOCK:
+        if STOP.is_set():
+            print(f"\n{name}: still waiting for {len(RUNNING)} run(s) to write their checkpoints", file=sys.stderr, flush=True)
+            return
+        STOP.set()
+        print(f"\n{name}: stopping: {len(RUNNING)} running run(s) write their checkpoints; no new run starts",
+              file=sys.stderr, flush=True)  # fmt: skip
+        for proc in RUNNING:
+            proc.send_signal(signum)
+
+
+def execute(run: Run, checkpoint_every: int, threads: int | None = None) -> int | None:
+    """Run (or resume) one run in its directory; write done.json when it finishes. Returns the exit
+    status, or None for a run not started because run.py was asked to stop."""
+    if STOP.is_set():
+        return None
     run.directory.mkdir(parents=True, exist_ok=True)
     if run.status() == "new" and (run.directory / "runs").exists():
         shutil.rmtree(run.directory / "runs")  # killed before its first checkpoint: start clean
@@ -143,7 +182,15 @@ def execute(run: Run, checkpoint_every: int, threads: int | None = None) -> int:
     start = time.time()
     with open(run.directory / "stdout.log", "a") as out, open(run.directory / "stderr.log", "a") as err:
         print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}", file=err, flush=True)
-        status = subprocess.run(command, cwd=run.directory, stdout=out, stderr=err, env=env).returncode
+        # Its own session: a terminal's Ctrl-C reaches run.py alone, which passes it on once (stop_all).
+        proc = subprocess.Popen(command, cwd=run.directory, stdout=out, stderr=err, env=env, start_new_session=True)
+        with LOCK:
+            RUNNING.add(proc)
+            if STOP.is_set():  # the signal came while it was being launched
+                proc.send_signal(signal.SIGINT)
+        status = proc.wait()
+        with LOCK:
+            RUNNING.discard(proc)
     if status == 0:
         previous = json.loads((run.directory / "done.json").read_text()) if (run.directory / "done.json").exists() else {}
         (run.directory / "done.json").write_text(json.dumps(dict(
@@ -156,6 +203,7 @@ def execute(run: Run, checkpoint_every: int, threads: int | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    again = f"python {' '.join(map(shlex.quote, ['experiments/run.py', *argv]))}"  # how to go on after a stop
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", help="a subset of the variants, by name")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"), help="where run directories go")
     parser.add_argument("--checkpoint-every", type=int, default=250_000, help="agent steps between checkpoints")
-    parser.add_argument("--workers", type=int, default=1, help="runs at a time, locally")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time, locally (>= 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     parser.add_argument("--slurm", action="store_true", help="submit the runs as a Slurm job array (submitit)")
     parser.add_argument("--slurm-folder", default=str(ROOT / "experiments" / "slurm"), help="submitit's logs and pickles")
@@ -176,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=0, help="Slurm GPUs per run")
     parser.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # submitit's `debug` for tests
     opts = parser.parse_args(argv)
+    if opts.workers < 1:
+        parser.error(f"--workers must be >= 1, got {opts.workers}")
 
     runs = plan(opts.description, Path(opts.results), opts.frames, opts.games, opts.seeds, opts.variants, extra)
     todo = [r for r in runs if r.status() != "done"]
@@ -211,13 +261,21 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = max(1, (os.cpu_count() or 1) // opts.workers)
     failed = 0
+    STOP.clear()
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
     with concurrent.futures.ThreadPoolExecutor(opts.workers) as pool:
         futures = {pool.submit(execute, r, opts.checkpoint_every, threads): r for r in todo}
         for future in concurrent.futures.as_completed(futures):
             r, status = futures[future], future.result()
-            failed += status != 0
-            outcome = "done" if status == 0 else f"FAILED ({status})"
+            if status is None:
+                continue
+            failed += status != 0 and not STOP.is_set()
+            outcome = "done" if status == 0 else "stopped" if STOP.is_set() else f"FAILED ({status})"
             print(f"{outcome}  {r.variant} | {r.game} | seed {r.seed}  (logs in {r.directory})", flush=True)
+    if STOP.is_set():
+        print(f"stopped; runs resume from their checkpoints with: {again}", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 
