@@ -600,7 +600,7 @@ def save_gif(frames: list, path: str, fps: int = 15) -> None:
 
 if __name__ == "__main__":
     args, checkpoint = parse_args()
-    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # until the envs are built (uninterruptible C++), a signal ends it
     device, device_line = select_device(args.cuda)
     print(device_line, flush=True)
     run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
@@ -611,6 +611,7 @@ if __name__ == "__main__":
     generator = torch.Generator().manual_seed(args.seed)  # action sampling, on the host: its state loads on any device
 
     envs = make_env(args.env_id, args.num_envs)
+    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
     agent = ActorCritic(envs.single_action_space.n).to(device)
     # Acting runs `policy_value`; the update backpropagates through the acting passes, so with
     # --compile the update's backward is compiled too. The time-limit bootstrap (rare, any batch

@@ -809,7 +809,7 @@ def save_gif(frames: list, path: str, fps: int = 15) -> None:
 
 if __name__ == "__main__":
     args, checkpoint = parse_args()
-    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # until the envs are built (uninterruptible C++), a signal ends it
     device, device_line = select_device(args.cuda)
     print(device_line, flush=True)
     run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
@@ -821,6 +821,7 @@ if __name__ == "__main__":
     shuffle = torch.Generator().manual_seed(args.seed)  # minibatches
 
     envs = make_env(args.env_id, args.num_envs)
+    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
     policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
     value = NatureCNN(1, head_std=1.0).to(device)
     value_optimizer = torch.optim.Adam(value.parameters(), lr=args.value_lr, eps=1e-5)

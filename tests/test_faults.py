@@ -55,6 +55,17 @@ def test_a_signal_during_the_evaluation_stops_it_within_seconds(tmp_path):
     assert len(read_scalars(only_run_dir(tmp_path))["eval/episodic_return"]) < 1000
 
 
+def test_a_signal_while_the_envs_are_built_ends_the_run_at_once(tmp_path):
+    """Before: Python's handler ran only once ale-py's C++ had built every env (minutes for 512)."""
+    proc = start("a2c_entropy.py", "--num-envs", "256", cwd=tmp_path)
+    wait_for(proc, "device: ")
+    time.sleep(1)  # building 256 envs takes ~20 s on 2 cores
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT and time.time() - sent < 5 and "Traceback" not in err
+
+
 def test_a_second_signal_keeps_the_run_a_third_stops_at_once(tmp_path):
     """Before: a second Ctrl-C raised KeyboardInterrupt: a traceback, and with the default
     --checkpoint-every 0 every step was lost."""

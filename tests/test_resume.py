@@ -80,9 +80,11 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(tmp_path, name):
     run.mkdir()
     proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=run, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not list(run.glob("runs/**/events.out.tfevents.*")):  # the stop handler is installed by then
+    # A first logged scalar: the loop runs, so the stop handler is installed (before it, while the
+    # envs are built, a signal ends the process at once).
+    while not (list(run.glob("runs/**/events.out.tfevents.*")) and read_scalars(only_run_dir(run))):
         assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGINT, stderr
