@@ -695,17 +695,18 @@ def save_checkpoint(path: str, state: dict) -> None:
     """torch.save `state` and its checksum to `path` atomically (write, then rename). A crash, a
     signal or a full disk mid-write leaves the previous checkpoint intact and no `.tmp`; a failed
     write stops the run, naming the path and the cause."""
+    tmp, folder = path + ".tmp", os.path.dirname(os.path.abspath(path))
     try:
-        torch.save({**state, "checksum": checksum(state)}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        torch.save({**state, "checksum": checksum(state)}, tmp)
+        os.replace(tmp, path)
     except BaseException as e:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
+        full = os.path.isdir(folder) and shutil.disk_usage(folder).free < 2**20  # before the partial file goes
+        if os.path.exists(tmp):
+            os.remove(tmp)
         if not isinstance(e, (OSError, RuntimeError)):
             raise
-        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1]
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 1e9
-        sys.exit(f"{os.path.basename(__file__)}: error: cannot write the checkpoint {path}: {cause} ({free:.1f} GB free); "
+        cause = "the disk is full" if full else getattr(e, "strerror", None) or str(e).strip().splitlines()[-1]
+        sys.exit(f"{os.path.basename(__file__)}: error: cannot write the checkpoint {path}: {cause}; "
                  "the previous checkpoint, if any, is intact")  # fmt: skip
 
 
