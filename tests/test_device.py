@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+from conftest import SMOKE
+
 import a2c_entropy
 import natural_pg_damped
 import pgql_equiv
@@ -93,3 +95,14 @@ def test_the_equivalence_check_runs_at_full_float32_precision():
     with pytest.raises(RuntimeError), pgql_equiv.ieee_float32():
         raise RuntimeError
     assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+
+@pytest.mark.parametrize("script", ["a2c_entropy.py", "natural_pg_damped.py"])
+def test_checkpoints_hold_the_sampling_generator_as_the_hosts(run_script, tmp_path, script):
+    """A CUDA generator's state (16 bytes: seed, offset) cannot be loaded into a CPU generator, nor
+    the CPU's (5,056 bytes) into a CUDA one: the A2C family samples on the host, so a checkpoint
+    written on either device resumes on the other (benchmarks/gpu_check.sh tries both ways)."""
+    assert run_script(script, *SMOKE[script], "--checkpoint-every", "512").returncode == 0
+    state = torch.load(next((tmp_path / "runs").rglob("checkpoint.pt")), weights_only=False)["generator"]
+    assert state.device.type == "cpu" and state.numel() == torch.Generator().get_state().numel() == 5056
+    torch.Generator().set_state(state)
