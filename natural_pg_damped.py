@@ -11,8 +11,8 @@ advantages Delta_t with V_old (eqs. 52-54), takes one policy step, then refits V
 
 with psi_t = grad log pi(a_t|s_t), A_t the entropy-regularized advantage (eq. 71), B the batch size.
 Term by term Q_theta - Qhat^eps = tau ((log pi_theta - log pi_old)(a_t|s_t) - (eps/tau) A_t) (eq. 78):
-the damped regression is the natural-gradient regression. The npg/* charts say how close each step
-taken is to the CG natural step. Policy and V are separate networks: the theorem holds V fixed during
+the damped regression is the natural-gradient regression. The npg/* charts say how close the steps
+taken are to the CG natural step (damped-q computes it every --diagnostic-every iterations). Policy and V are separate networks: the theorem holds V fixed during
 the policy step. Equations: docs/paper.md; the charts, and why --cg-damping 0.1: docs/natural_pg_damped.md.
 
 Run:
@@ -88,6 +88,8 @@ class Args:
     """`empirical`: Psi^T Psi / B at the sampled actions (eq. 66); `exact`: E_a[psi psi^T], the Hessian of the KL"""
     cg_iters: int = 10
     """conjugate gradient iterations of the natural-gradient solve"""
+    diagnostic_every: int = 10
+    """damped-q: compute the CG natural step to compare with (the npg/cosine_* charts) every this many iterations"""
     cg_damping: float = 0.1
     """lambda: npg solves (F + lambda I) x = g, damped-q adds tau^2 lambda/2 ||theta - theta_old||^2 (Psi^T Psi is singular)"""
     max_kl: Optional[float] = 0.01
@@ -127,7 +129,7 @@ class Args:
             (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
             (0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.tau > 0 and math.isfinite(self.tau), f"--tau must be a finite number > 0, got {self.tau}"),
-            (self.cg_iters >= 1, "--cg-iters must be >= 1"),
+            (self.cg_iters >= 1 and self.diagnostic_every >= 1, "--cg-iters and --diagnostic-every must be >= 1"),
             (self.cg_damping >= 0 and math.isfinite(self.cg_damping), "--cg-damping must be a finite number >= 0"),
             (self.max_kl is None or (self.max_kl > 0 and math.isfinite(self.max_kl)), "--max-kl must be a finite number > 0"),
             (self.policy_epochs >= 1, "--policy-epochs must be >= 1"),
@@ -378,8 +380,8 @@ class Batch(NamedTuple):
     values_old: torch.Tensor  # (B,) V_old(s_t)
     theta_old: torch.Tensor  # the policy's parameters, flattened
     logits_old: torch.Tensor  # (B, |A|)
-    jv: Callable  # v -> J v and u -> J^T u, J = d logits / d theta at theta_old (`policy_jacobian`)
-    jtu: Callable
+    jv: Optional[Callable]  # v -> J v and u -> J^T u, J = d logits / d theta at theta_old (`policy_jacobian`);
+    jtu: Optional[Callable]  # None when damped-q skips the comparison with the CG step (--diagnostic-every)
     reg_advantages: torch.Tensor  # (B,) A_t (eq. 71)
     targets: torch.Tensor  # (B,) Qhat^eps_t (eq. 76)
 
@@ -395,12 +397,12 @@ def natural_step(b: Batch, args: Args) -> tuple[torch.Tensor, float]:
 
 @torch.no_grad()
 def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Tensor, fraction: float,
-                natural: torch.Tensor, cg_residual: float, args: Args) -> dict:  # fmt: skip
+                natural: Optional[torch.Tensor], cg_residual: float, args: Args) -> dict:  # fmt: skip
     """The trust region, then what the loop logs. With --max-kl the policy goes to theta_old + f step, f
     found by backtracking from `fraction` until the mean KL(pi_old || pi) on the batch is within it
     (`kl_backtrack`). Logged, on the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual
-    (eq. 68), the entropy, the KL, and the cosine (in parameter space and in the Fisher metric) and length
-    ratio of the step taken to the CG natural step."""
+    (eq. 68), the entropy, the KL, and (when the CG `natural` step was computed) the cosine, in parameter
+    space and in the Fisher metric, and length ratio of the step taken to it."""
     if args.max_kl is not None:
 
         def kl_of(f: float) -> float:
@@ -412,17 +414,21 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     taken = fraction * step
     logits_new = policy_fn(b.obs)
     residual = npg_residual(logits_new, b.logits_old, b.actions, b.reg_advantages, args.tau, args.eps)
-    t, s = taken.double(), natural.double()  # in float64: a float32 dot product over 1.7M entries is off by ~1e-4
-    weigh = logit_fisher(b.logits_old.double(), b.actions, args.fisher)
-    return {
+    logs = {
         "losses/damped_q_loss": damped_q_loss(logits_new, b.values_old, b.actions, b.targets, args.tau),
         "losses/npg_residual": residual.pow(2).mean().sqrt(),
         "losses/entropy": entropy_and_kl(logits_new)[0].mean(),
         "npg/kl_old_new": mean_kl(b.logits_old, logits_new),
+        "npg/step_fraction": torch.tensor(fraction),
+    }
+    if natural is None:
+        return logs
+    t, s = taken.double(), natural.double()  # in float64: a float32 dot product over 1.7M entries is off by ~1e-4
+    weigh = logit_fisher(b.logits_old.double(), b.actions, args.fisher)
+    return logs | {
         "npg/cosine_step": t.dot(s) / (t.norm() * s.norm()),
         "npg/cosine_step_fisher": fisher_cosine(b.jv(taken).double(), b.jv(natural).double(), weigh),
         "npg/step_norm_ratio": t.norm() / s.norm(),
-        "npg/step_fraction": torch.tensor(fraction),
         "npg/cg_residual": torch.tensor(cg_residual),
     }
 
@@ -443,11 +449,11 @@ def npg_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args) -> di
 def damped_q_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args, shuffle: torch.Generator) -> dict:
     """--solver damped-q: from theta_old, --policy-epochs passes of a fresh Adam over minibatches of
     1/2 mean (Q_theta - Qhat^eps)^2 + tau^2 lambda/2 ||theta - theta_old||^2 (eq. 77 and `proximal_term`),
-    V_old frozen. By eq. 78 its Gauss-Newton step is the CG natural step, computed here to compare with.
-    Returns the logs."""
-    natural, cg_residual = natural_step(b, args)
+    V_old frozen. By eq. 78 its Gauss-Newton step is the CG natural step, computed to compare with when
+    the batch has the Jacobian (every --diagnostic-every iterations). Returns the logs."""
+    natural, cg_residual = natural_step(b, args) if b.jv is not None else (None, math.nan)
     params_old = [p.detach().clone() for p in policy.parameters()]
-    optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr, eps=1e-5)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr, eps=1e-5, fused=True)  # one kernel, all tensors
     batch_size = len(b.actions)
     for _ in range(args.policy_epochs):
         for mb in torch.randperm(batch_size, generator=shuffle).to(b.obs.device).split(batch_size // args.num_minibatches):
@@ -825,7 +831,7 @@ if __name__ == "__main__":
     stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
     policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
     value = NatureCNN(1, head_std=1.0).to(device)
-    value_optimizer = torch.optim.Adam(value.parameters(), lr=args.value_lr, eps=1e-5)
+    value_optimizer = torch.optim.Adam(value.parameters(), lr=args.value_lr, eps=1e-5, fused=True)
     # Fixed-size batches run compiled with --compile; the time-limit bootstrap (any batch size) stays eager.
     policy_fn = torch.compile(policy) if args.compile else policy
     value_fn = torch.compile(value) if args.compile else value
@@ -889,7 +895,12 @@ if __name__ == "__main__":
 
         # Advantages Delta_t and value targets under pi_old and V_old (eqs. 52-54), A_t (eq. 71), Qhat^eps_t (eq. 76).
         b_obs, b_actions, b_values = obs_buf.flatten(0, 1), actions_buf.flatten(), values_buf.flatten()
-        theta_old, logits_old, jv, jtu = policy_jacobian(policy, b_obs)
+        if args.solver == "npg" or iteration % args.diagnostic_every == 0:  # the CG natural step is computed
+            theta_old, logits_old, jv, jtu = policy_jacobian(policy, b_obs)
+        else:
+            theta_old, jv, jtu = torch.cat([p.detach().flatten() for p in policy.parameters()]), None, None
+            with torch.no_grad():
+                logits_old = policy_fn(b_obs)
         with torch.no_grad():
             next_value = value_fn(torch.from_numpy(obs).to(device)).squeeze(-1)  # V_old(s_T)
             bonuses = reward_bonus(logits_old.view(T, N, -1), args.tau, args.regularizer)
@@ -899,7 +910,7 @@ if __name__ == "__main__":
             rollout = (rewards, bonuses, values_buf, next_value, terminated, truncated, cut_values)
             advantages, value_targets = n_step_advantages(*rollout, args.gamma, "proper")
             b_advantages, b_value_targets = advantages.flatten(), value_targets.flatten()
-            jv = torch.compile(jv) if args.compile else jv  # the costliest pass of CG (forward mode, ~3x a forward pass)
+            jv = torch.compile(jv) if args.compile and jv else jv  # CG's costliest pass (forward mode, ~3x a forward pass)
             reg_advantages = regularized_advantages(b_advantages, logits_old, b_actions, args.tau)
             targets = damped_q_target(b_values, logits_old, b_actions, b_advantages, args.tau, args.eps)
             batch = Batch(b_obs, b_actions, b_values, theta_old, logits_old, jv, jtu, reg_advantages, targets)
