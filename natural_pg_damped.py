@@ -12,8 +12,9 @@ advantages Delta_t with V_old (eqs. 52-54), takes one policy step, then refits V
 with psi_t = grad log pi(a_t|s_t), A_t the entropy-regularized advantage (eq. 71), B the batch size.
 Term by term Q_theta - Qhat^eps = tau ((log pi_theta - log pi_old)(a_t|s_t) - (eps/tau) A_t) (eq. 78):
 the damped regression is the natural-gradient regression. The npg/* charts say how close the steps
-taken are to the CG natural step (damped-q computes it every --diagnostic-every iterations). Policy and V are separate networks: the theorem holds V fixed during
-the policy step. Equations: docs/paper.md; the charts, and why --cg-damping 0.1: docs/natural_pg_damped.md.
+taken are to the CG natural step (damped-q computes it every --diagnostic-every iterations). Policy
+and V are separate networks: the theorem holds V fixed during the policy step. Equations:
+docs/paper.md; the charts, and why --cg-damping 0.1: docs/natural_pg_damped.md.
 
 Run:
     python natural_pg_damped.py --solver damped-q --eps 0.5     # fit Q to the damped target, V frozen
