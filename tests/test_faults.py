@@ -73,11 +73,13 @@ def test_a_second_signal_keeps_the_run_a_third_stops_at_once(tmp_path):
     proc = start("natural_pg_damped.py", "--num-envs", "8", "--num-steps", "10", "--total-timesteps", "100000",
                  cwd=tmp_path)  # fmt: skip
     wait_for(proc, "steps |")  # the first progress line: updates are running
+    sent = time.time()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "still stopping after this update" in err and "Traceback" not in err
+    assert time.time() - sent < 10  # one iteration (~1 s here; ~3 s at the default 16 x 20 steps)
     checkpoint = only_run_dir(tmp_path) / "checkpoint.pt"
     assert checkpoint.exists() and f"--resume {checkpoint.relative_to(tmp_path)}" in err
 
