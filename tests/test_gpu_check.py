@@ -2,6 +2,7 @@
 goes through every step it can take without a GPU, and its verdicts can fail."""
 
 import math
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ import gpu_check  # noqa: E402
 def test_the_dry_run_passes_every_step_it_takes(tmp_path):
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-dry-run", "--work", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.rstrip().endswith("all passed")
