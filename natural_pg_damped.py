@@ -89,6 +89,8 @@ class Args:
     """`empirical`: Psi^T Psi / B at the sampled actions (eq. 66); `exact`: E_a[psi psi^T], the Hessian of the KL"""
     cg_iters: int = 10
     """conjugate gradient iterations of the natural-gradient solve"""
+    fvp_fraction: float = 1.0
+    """the fraction of the batch, drawn at random, that CG's Fisher-vector products use (TRPO: 0.1); the gradient uses all"""
     diagnostic_every: int = 10
     """damped-q: compute the CG natural step to compare with (the npg/cosine_* charts) every this many iterations"""
     cg_damping: float = 0.1
@@ -131,6 +133,7 @@ class Args:
             (0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
             (self.tau > 0 and math.isfinite(self.tau), f"--tau must be a finite number > 0, got {self.tau}"),
             (self.cg_iters >= 1 and self.diagnostic_every >= 1, "--cg-iters and --diagnostic-every must be >= 1"),
+            (0 < self.fvp_fraction <= 1, f"--fvp-fraction must be in (0, 1], got {self.fvp_fraction}"),
             (self.cg_damping >= 0 and math.isfinite(self.cg_damping), "--cg-damping must be a finite number >= 0"),
             (self.max_kl is None or (self.max_kl > 0 and math.isfinite(self.max_kl)), "--max-kl must be a finite number > 0"),
             (self.policy_epochs >= 1, "--policy-epochs must be >= 1"),
@@ -383,16 +386,17 @@ class Batch(NamedTuple):
     logits_old: torch.Tensor  # (B, |A|)
     jv: Optional[Callable]  # v -> J v and u -> J^T u, J = d logits / d theta at theta_old (`policy_jacobian`);
     jtu: Optional[Callable]  # None when damped-q skips the comparison with the CG step (--diagnostic-every)
+    fvp: Optional[Callable]  # v -> (F + lambda I) v on the --fvp-fraction sample (`fisher_vector_product`); None likewise
     reg_advantages: torch.Tensor  # (B,) A_t (eq. 71)
     targets: torch.Tensor  # (B,) Qhat^eps_t (eq. 76)
 
 
 def natural_step(b: Batch, args: Args) -> tuple[torch.Tensor, float]:
     """s = (eps/tau) x, (F + lambda I) x = g = Psi^T A / B (eqs. 66-71, lambda = --cg-damping), x by
-    --cg-iters of conjugate gradient on Fisher-vector products; and CG's relative residual."""
-    fvp = fisher_vector_product(b.jv, b.jtu, b.logits_old, b.actions, args.fisher, args.cg_damping)
+    --cg-iters of conjugate gradient on Fisher-vector products (F estimated on --fvp-fraction of the batch,
+    g on all of it); and CG's relative residual."""
     g = policy_gradient(b.jtu, b.logits_old, b.actions, b.reg_advantages)
-    direction, cg_residual = conjugate_gradient(fvp, g, args.cg_iters)
+    direction, cg_residual = conjugate_gradient(b.fvp, g, args.cg_iters)
     return (args.eps / args.tau) * direction, cg_residual
 
 
@@ -839,6 +843,7 @@ if __name__ == "__main__":
 
     T, N = args.num_steps, args.num_envs
     batch_size, num_iterations = T * N, args.total_timesteps // (T * N)
+    fvp_size = math.ceil(args.fvp_fraction * batch_size)
     obs_buf = torch.zeros((T, N) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
     actions_buf = torch.zeros((T, N), dtype=torch.long, device=device)
     values_buf = torch.zeros((T, N), device=device)
@@ -898,8 +903,14 @@ if __name__ == "__main__":
         b_obs, b_actions, b_values = obs_buf.flatten(0, 1), actions_buf.flatten(), values_buf.flatten()
         if args.solver == "npg" or iteration % args.diagnostic_every == 0:  # the CG natural step is computed
             theta_old, logits_old, jv, jtu = policy_jacobian(policy, b_obs)
+            # F's sample, drawn from (seed, iteration) alone: damped-q's minibatches do not depend on it.
+            sample = np.sort(np.random.default_rng([args.seed, iteration]).permutation(batch_size)[:fvp_size])
+            sample = torch.from_numpy(sample).to(device)
+            jv_f, jtu_f = policy_jacobian(policy, b_obs[sample])[2:] if fvp_size < batch_size else (jv, jtu)
+            jv_f = torch.compile(jv_f) if args.compile else jv_f  # CG's costliest pass (forward mode, ~3x a forward pass)
+            fvp = fisher_vector_product(jv_f, jtu_f, logits_old[sample], b_actions[sample], args.fisher, args.cg_damping)
         else:
-            theta_old, jv, jtu = torch.cat([p.detach().flatten() for p in policy.parameters()]), None, None
+            theta_old, jv, jtu, fvp = torch.cat([p.detach().flatten() for p in policy.parameters()]), None, None, None
             with torch.no_grad():
                 logits_old = policy_fn(b_obs)
         with torch.no_grad():
@@ -911,10 +922,9 @@ if __name__ == "__main__":
             rollout = (rewards, bonuses, values_buf, next_value, terminated, truncated, cut_values)
             advantages, value_targets = n_step_advantages(*rollout, args.gamma, "proper")
             b_advantages, b_value_targets = advantages.flatten(), value_targets.flatten()
-            jv = torch.compile(jv) if args.compile and jv else jv  # CG's costliest pass (forward mode, ~3x a forward pass)
             reg_advantages = regularized_advantages(b_advantages, logits_old, b_actions, args.tau)
             targets = damped_q_target(b_values, logits_old, b_actions, b_advantages, args.tau, args.eps)
-            batch = Batch(b_obs, b_actions, b_values, theta_old, logits_old, jv, jtu, reg_advantages, targets)
+            batch = Batch(b_obs, b_actions, b_values, theta_old, logits_old, jv, jtu, fvp, reg_advantages, targets)
 
         # The policy step with V_old held fixed (Section 5), then the value function: V -> Vhat = V_old + Delta.
         if args.solver == "npg":

@@ -22,7 +22,8 @@ Everything runs on CUDA when the machine has it (our scripts' default, SB3's dev
 - a2c: a2c_entropy.py (proper) and pgql_equiv.py (--update ql) against SB3 `A2C("CnnPolicy")`
   with the rl-zoo Atari settings (16 envs, ent_coef 0.01, vf_coef 0.25, RMSpropTFLike eps
   1e-5; the rest SB3's A2C defaults, which are Baselines' numbers).
-- npg: natural_pg_damped.py, both solvers (no public anchor; compare with a2c_entropy.py).
+- npg: natural_pg_damped.py, both solvers, and npg with a quarter of the batch in its Fisher-vector
+  products (no public anchor; compare with a2c_entropy.py).
 - env: raw `AtariVectorEnv` with uniformly random actions, 1 and 16 envs: the ceiling.
 """
 
@@ -251,8 +252,8 @@ def main():
         common = ["--env-id", env, "--total-timesteps", str(opts.npg_steps)]
         rows = [
             row
-            for solver in ("damped-q", "npg")
-            for row in rows_of(f"natural_pg_damped.py --solver {solver}", "", "npg/kl_old_new", common)
+            for command in ("--solver damped-q", "--solver npg", "--solver npg --fvp-fraction 0.25")
+            for row in rows_of(f"natural_pg_damped.py {command}", "", "npg/kl_old_new", common)
         ]
         table(f"{env}, 16 envs, 20-step rollouts", rows)
 

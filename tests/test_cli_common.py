@@ -80,6 +80,7 @@ BAD_INPUT = [
     ("natural_pg_damped.py", ["--tau", "0"], "--tau must be a finite number > 0"),
     ("natural_pg_damped.py", ["--cg-iters", "0"], "--cg-iters and --diagnostic-every must be >= 1"),
     ("natural_pg_damped.py", ["--diagnostic-every", "0"], "--cg-iters and --diagnostic-every must be >= 1"),
+    ("natural_pg_damped.py", ["--fvp-fraction", "0"], "--fvp-fraction must be in (0, 1]"),
     ("natural_pg_damped.py", ["--cg-damping", "-1"], "--cg-damping must be a finite number >= 0"),
     ("natural_pg_damped.py", ["--max-kl", "0"], "--max-kl must be a finite number > 0"),
     ("natural_pg_damped.py", ["--policy-epochs", "0"], "--policy-epochs must be >= 1"),

@@ -32,6 +32,8 @@ RUNS = {
     "npg": ["--solver", "npg"],
     "npg-exact": ["--solver", "npg", "--fisher", "exact"],
     "npg-no-trust-region": ["--solver", "npg", "--max-kl", "None", "--eps", "0.001"],
+    "npg-fvp-half": ["--solver", "npg", "--fvp-fraction", "0.5"],
+    "damped-q-fvp-half": ["--solver", "damped-q", "--fvp-fraction", "0.5", "--diagnostic-every", "1"],
 }
 
 
@@ -64,7 +66,7 @@ def test_trust_region_holds_the_kl(smoke, name):
     assert all(k <= 0.01 * (1 + 1e-4) for k in values(smoke[name], "npg/kl_old_new")), values(smoke[name], "npg/kl_old_new")
 
 
-@pytest.mark.parametrize("name", ["npg", "npg-exact", "npg-no-trust-region"])
+@pytest.mark.parametrize("name", ["npg", "npg-exact", "npg-no-trust-region", "npg-fvp-half"])
 def test_npg_takes_the_cg_step_scaled_by_the_trust_region(smoke, name):
     """npg's step is the CG natural step times the trust region's fraction: cosine 1 in both
     metrics, length ratio = the fraction (1 without a trust region)."""
@@ -96,6 +98,17 @@ def test_damped_q_moves_along_the_natural_step(smoke):
     for name in ("damped-q-every-iteration", "damped-q-exact"):
         cosines = values(smoke[name], "npg/cosine_step_fisher")
         assert sum(cosines) / len(cosines) > 0.5, cosines
+
+
+def test_fvp_fraction_changes_the_cg_step_not_damped_qs(smoke):
+    """--fvp-fraction 0.5: CG's Fisher comes from half the batch, so npg's step and damped-q's reference
+    change; damped-q's own step stays bit-identical (the sample has a generator of its own, not the
+    minibatches')."""
+    assert values(smoke["npg-fvp-half"], "npg/kl_old_new") != values(smoke["npg"], "npg/kl_old_new")
+    half, full = smoke["damped-q-fvp-half"], smoke["damped-q-every-iteration"]
+    assert values(half, "npg/kl_old_new") == values(full, "npg/kl_old_new")
+    assert values(half, "losses/value_loss") == values(full, "losses/value_loss")
+    assert values(half, "npg/cosine_step") != values(full, "npg/cosine_step")
 
 
 def test_the_options_reach_the_update(smoke):

@@ -323,9 +323,11 @@ def test_npg_first_try_predicts_the_kl_it_takes(mlp, fisher, monkeypatch):
     --max-kl, whichever Fisher gives the direction (it was ~2x: the model's 1/2 was applied twice)."""
     p, model = mlp["p"], nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
     npgd.set_parameters(model, p["theta"])  # copied: the parameters must not alias theta_old
+    args = Args(solver="npg", fisher=fisher, max_kl=1e-4, eps=1.0, tau=0.1, cg_iters=75)
+    fvp = fisher_vector_product(mlp["jv"], mlp["jtu"], p["logits"], p["actions"], fisher, args.cg_damping)
     batch = Batch(
         obs=p["obs"], actions=p["actions"], values_old=p["values"], theta_old=p["theta"], logits_old=p["logits"],
-        jv=mlp["jv"], jtu=mlp["jtu"], reg_advantages=p["A"], targets=p["values"],
+        jv=mlp["jv"], jtu=mlp["jtu"], fvp=fvp, reg_advantages=p["A"], targets=p["values"],
     )  # fmt: skip
     first_tries = []
 
@@ -334,7 +336,7 @@ def test_npg_first_try_predicts_the_kl_it_takes(mlp, fisher, monkeypatch):
         return kl_backtrack(kl_of, max_kl, start=start)
 
     monkeypatch.setattr(npgd, "kl_backtrack", recording_backtrack)
-    logs = npgd.npg_step(model, model, batch, Args(solver="npg", fisher=fisher, max_kl=1e-4, eps=1.0, tau=0.1, cg_iters=75))
+    logs = npgd.npg_step(model, model, batch, args)
     [(fraction, measured)] = first_tries
     assert fraction < 1 and measured == pytest.approx(1e-4, rel=0.1)
     assert logs["npg/kl_old_new"].item() <= 1e-4
