@@ -53,7 +53,7 @@ def test_a_signal_during_the_evaluation_stops_it_within_seconds(tmp_path):
     assert proc.returncode == 130 and time.time() - sent < 10
     assert "evaluation stopped after" in err and "of 1000 games; the model is in runs/" in err
     assert "Traceback" not in err
-    assert len(read_scalars(only_run_dir(tmp_path))["eval/episodic_return"]) < 1000
+    assert len(read_scalars(only_run_dir(tmp_path)).get("eval/episodic_return", [])) < 1000  # none on a slow machine
 
 
 def test_a_signal_while_the_envs_are_built_ends_the_run_at_once(tmp_path):
