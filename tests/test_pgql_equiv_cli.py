@@ -63,6 +63,18 @@ def test_same_seed_gives_identical_logs(smoke, tmp_path):
     assert without_sps(read_scalars(only_run_dir(tmp_path))) == without_sps(smoke["ql"])
 
 
+def test_pg_update_trains_exactly_as_a2c_entropy_proper(smoke, tmp_path):
+    """--update pg is a2c_entropy.py's proper estimator, and the equivalence check only reads: at the same
+    seed every value both scripts log is bit-identical, so Fig. 3's PG runs are Fig. 1's proper runs
+    at the same tau (docs/results.md reuses them)."""
+    proc = run_in(tmp_path, "a2c_entropy.py", *SMOKE["a2c_entropy.py"], "--entropy-mode", "proper")
+    assert proc.returncode == 0, proc.stderr
+    a2c, pg = without_sps(read_scalars(only_run_dir(tmp_path))), without_sps(smoke["pg"])
+    shared = set(a2c) & set(pg)
+    assert {"charts/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/entropy"} <= shared
+    assert {tag: a2c[tag] for tag in shared} == {tag: pg[tag] for tag in shared}
+
+
 def test_plain_a2c_with_tau_zero(run_script, tmp_path):
     proc = run_script("pgql_equiv.py", *SMOKE["pgql_equiv.py"][:-2], "--equiv-check-every", "0", "--tau", "0")
     assert proc.returncode == 0, proc.stderr
