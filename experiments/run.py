@@ -10,7 +10,10 @@ A description names the script, the games, the seeds, the frames (the paper's sc
 common to every run (`args`) and the variants (name -> options). --frames, --games, --seeds and
 --variants choose the scale without editing it. Each run (variant, game, seed) lives in its
 own directory, experiments/results/{figure}/{variant}/{game}/seed{seed}/, with the script's
-runs/ inside and the script's output in stdout.log / stderr.log:
+runs/ inside and the script's output in stdout.log / stderr.log. A variant may instead name
+another description's variant, `"PG" = { same_as = "fig1_a2c_entropy.toml", variant = "A2C (proper)" }`:
+its runs are that description's (script, options, directory), shared rather than repeated.
+
 
 - `done.json` (written when a run finishes: command, frames, wall time, date, machine) marks it
   done, and a later launch skips it, unless it asks for more frames than were run;
@@ -138,11 +141,18 @@ def plan(path: str, results: Path, frames: int | None, games, seeds, variants, e
     for variant, options in d["variants"].items():
         if variants and variant not in variants:
             continue
+        owner, script, common, name = figure, d["script"], d.get("args", []), variant
+        if isinstance(options, dict):  # another description's runs, shared: e.g. Fig. 3's PG is Fig. 1's proper A2C
+            owner, name = Path(options.get("same_as", "?")).stem, options.get("variant")
+            other = load(str(Path(path).parent / f"{owner}.toml"))
+            if not isinstance(other["variants"].get(name), list):
+                raise SystemExit(f"{path}: variant {variant!r}: {owner} has no variant {name!r} of its own")
+            script, common, options = other["script"], other.get("args", []), other["variants"][name]
         for game in match_games(games, d["games"]):
             for seed in seeds or d["seeds"]:
                 runs.append(Run(
-                    figure, variant, game, seed, d["script"], (*d.get("args", []), *options, *extra), frames or d["frames"],
-                    results / figure / slug(variant) / game / f"seed{seed}",
+                    owner, variant, game, seed, script, (*common, *options, *extra), frames or d["frames"],
+                    results / owner / slug(name) / game / f"seed{seed}",
                 ))  # fmt: skip
     return runs
 

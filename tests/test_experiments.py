@@ -37,18 +37,42 @@ args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
         ("fig2_soft_dqn", 72, 40_000_000),
         ("fig2_munchausen", 6, 2_000_000),
         ("fig3_pgql", 36, 320_000_000),
-        ("sec5_natural_pg", 18, 40_000_000),
+        ("sec5_natural_pg", 27, 40_000_000),
     ],
 )
 def test_descriptions_plan_the_papers_runs_with_options_the_script_accepts(tmp_path, name, runs, frames):
     planned = runner.plan(str(ROOT / "experiments" / f"{name}.toml"), tmp_path, None, None, None, None, [])
     assert len(planned) == runs and {r.frames for r in planned} == {frames}
     assert len({r.directory for r in planned}) == runs
-    module = importlib.import_module(planned[0].script.removesuffix(".py"))
     for r in planned:
         # every option exists, parses and describes a valid run (Args.__post_init__)
-        args = tyro.cli(module.Args, args=r.command(250_000)[2:])
+        args = tyro.cli(importlib.import_module(r.script.removesuffix(".py")).Args, args=r.command(250_000)[2:])
         assert args.env_id == r.game and args.seed == r.seed and args.total_timesteps == frames // 4
+
+
+def test_a_variant_may_share_another_descriptions_runs(tmp_path):
+    """Fig. 3's PG is Fig. 1's proper A2C: planned as that description's runs (script, options, directory),
+    under this description's name; a variant it does not have is an error before anything runs."""
+    (tmp_path / "tiny.toml").write_text(TINY)
+    shared = TINY.replace('"A2C (1-step)" = ["--entropy-mode", "naive"]', "").replace(
+        'script = "a2c_entropy.py"', 'script = "pgql_equiv.py"'
+    )
+    shared = shared.replace(
+        '"A2C (proper)" = ["--entropy-mode", "proper"]', '"PG" = { same_as = "tiny.toml", variant = "A2C (proper)" }'
+    )
+    (tmp_path / "shared.toml").write_text(shared + '"QL" = ["--update", "ql"]\n')
+    own = {r.seed: r for r in runner.plan(str(tmp_path / "tiny.toml"), tmp_path, None, None, None, ["A2C (proper)"], [])}
+    pg, ql = runner.plan(str(tmp_path / "shared.toml"), tmp_path, None, None, [1], None, [])
+    assert (pg.variant, pg.script, pg.directory, pg.command(500)) == (
+        "PG",
+        "a2c_entropy.py",
+        own[1].directory,
+        own[1].command(500),
+    )
+    assert (ql.script, ql.directory) == ("pgql_equiv.py", tmp_path / "shared" / "QL" / "BreakoutNoFrameskip-v4" / "seed1")
+    (tmp_path / "shared.toml").write_text(shared.replace('variant = "A2C (proper)"', 'variant = "A2C"'))
+    with pytest.raises(SystemExit, match="variant 'PG': tiny has no variant 'A2C' of its own"):
+        runner.plan(str(tmp_path / "shared.toml"), tmp_path, None, None, None, None, [])
 
 
 def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys):
