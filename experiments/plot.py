@@ -179,9 +179,9 @@ def table(data: dict, last: int) -> str:
         cells, reached = [], []
         for variant in variants:
             done = seed_finals(data[(variant, game)], last)
-            reached += [frames for _, _, frames in data[(variant, game)]]
+            reached += [frames for _, _, frames in data[(variant, game)] if frames]  # runs with no logs yet: not counted
             cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if len(done) else "–")
-        lines.append(f"| {game} ({min(reached):,}) | {' | '.join(cells)} |")
+        lines.append(f"| {game} ({min(reached, default=0):,}) | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
