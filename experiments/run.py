@@ -14,7 +14,6 @@ runs/ inside and the script's output in stdout.log / stderr.log. A variant may i
 another description's variant, `"PG" = { same_as = "fig1_a2c_entropy.toml", variant = "A2C (proper)" }`:
 its runs are that description's (script, options, directory), shared rather than repeated.
 
-
 - `done.json` (written when a run finishes: command, frames, wall time, date, machine) marks it
   done, and a later launch skips it, unless it asks for more frames than were run;
 - a run with a checkpoint but no `done.json` (stopped, killed, preempted, or done at fewer
