@@ -2,6 +2,7 @@
 
     bash benchmarks/gpu_check.sh                  # on the GPU machine (installs .whl/ first), ~8 min on one H200
     python benchmarks/gpu_check.py --cpu-dry-run  # the steps on the CPU at toy budgets; CI: tests/test_gpu_check.py
+    python benchmarks/gpu_check.py --scripts soft_dqn.py  # one script's steps only
 
 Each step prints PASS or FAIL with its figures; the exit status is 1 if any failed.
 1. run: each script eager on the device, with a checkpoint and `--save-model` evaluation: exit 0,
@@ -42,6 +43,14 @@ RUNS = {
                       "losses/value_loss", 16),
     "natural_pg_damped.py": ("--num-envs 8 --num-steps 10 --total-timesteps {4n} --cg-iters 5", "npg/kl_old_new", 8),
 }  # fmt: skip
+
+
+def arguments(script: str, n: int) -> list[str]:
+    """RUNS[script]'s arguments at budget unit n agent steps."""
+    template = RUNS[script][0]
+    for k in (16, 5, 4):
+        template = template.replace(f"{{{k}n}}", str(k * n))
+    return template.replace("{n}", str(n)).split()
 
 
 def run(script: str, args: list[str], cwd: Path, timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
@@ -104,6 +113,7 @@ def main() -> int:
     parser.add_argument("--cpu-dry-run", action="store_true", help="steps 1, 2 and 5 on the CPU at toy budgets")
     parser.add_argument("--n", type=int, default=None, help="budget unit in agent steps (default 1000; dry run 100)")
     parser.add_argument("--work", default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--scripts", nargs="+", choices=list(RUNS), default=list(RUNS), help="which scripts (default: all)")
     opts = parser.parse_args()
     import torch
 
@@ -120,9 +130,8 @@ def main() -> int:
     )
     report, speed = Report(), []
     work = Path(opts.work or tempfile.mkdtemp(prefix="gpu_check_"))
-    for script, (template, tag, num_envs) in RUNS.items():
-        args = template.replace("{n}", str(n)).replace("{4n}", str(4 * n)).replace("{5n}", str(5 * n))
-        args = args.replace("{16n}", str(16 * n)).split()
+    for script in opts.scripts:
+        (_, tag, num_envs), args = RUNS[script], arguments(script, n)
         total = int(args[args.index("--total-timesteps") + 1])
         name, half = script.removesuffix(".py"), ["--checkpoint-every", str(total // 2)]
         started = time.time()

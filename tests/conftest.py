@@ -2,7 +2,12 @@
 modules, run them as a user does, read back what they logged, and a recorded rollout of real
 play for the environment and replay tests."""
 
+import contextlib
+import gc
+import io
 import os
+import runpy
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -21,36 +26,65 @@ SMOKE = {
         "--num-envs 2 --total-timesteps 800 --learning-starts 400 --buffer-size 600 --batch-size 32 "
         "--train-frequency 2 --target-network-frequency 100 --exploration-fraction 1.0 --end-e 0.5"
     ).split(),
-    "a2c_entropy.py": "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25".split(),
-    "pgql_equiv.py": "--num-envs 4 --num-steps 5 --total-timesteps 2000 --log-interval 25 --equiv-check-every 20".split(),
+    "a2c_entropy.py": "--num-envs 4 --num-steps 5 --total-timesteps 1000 --log-interval 10".split(),
+    "pgql_equiv.py": "--num-envs 4 --num-steps 5 --total-timesteps 1000 --log-interval 10 --equiv-check-every 10".split(),
     "natural_pg_damped.py": (
-        "--num-envs 4 --num-steps 8 --total-timesteps 1024 --cg-iters 4 --policy-epochs 2 --value-epochs 2 --num-minibatches 2"
+        "--num-envs 2 --num-steps 16 --total-timesteps 640 --cg-iters 4 --policy-epochs 2 --value-epochs 2 --num-minibatches 2"
     ).split(),
 }
 SCRIPTS = list(SMOKE)
 
 
-def run_in(cwd: Path, script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python SCRIPT ARGS...` in `cwd` (runs/ and videos/ land there), as a user does.
-    Precision: float32 without TF32 on any device (on a GPU, NVIDIA_TF32_OVERRIDE=0 makes cuBLAS
-    and cuDNN ignore TF32, cuDNN's default for convolutions), so the tests that compare logged
-    values (eager vs compiled, resumed vs uninterrupted) hold float32 tolerances there too."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "NVIDIA_TF32_OVERRIDE": "0", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+# Float32 without TF32 on any device (on a GPU, NVIDIA_TF32_OVERRIDE=0 makes cuBLAS and cuDNN ignore
+# TF32, cuDNN's default for convolutions), so the tests that compare logged values (eager vs compiled,
+# resumed vs uninterrupted) hold float32 tolerances there too; set before CUDA starts, here or in a child.
+os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+
+
+def run_in(
+    cwd: Path, script: str, *args: str, env: dict | None = None, timeout: float = 300, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS...` in `cwd` (runs/ and videos/ land there), as a user does: its
+    `__main__` block with that argv, its exit status, stdout and stderr. In this process (runpy),
+    unless `fresh` or `env` asks for a new interpreter (what is read at startup, a process's own
+    exit): a fresh one would import torch and torch._dynamo again, ~6 s a launch on 2 cores."""
+    if fresh or env:
+        return subprocess.run(
+            [sys.executable, str(ROOT / script), *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    argv, before, handlers = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        os.chdir(cwd)
+        sys.argv = [str(ROOT / script), *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+            except SystemExit as stop:
+                status = stop.code
+                if not isinstance(status, int) and status is not None:  # a message: printed to stderr, status 1
+                    print(status, file=sys.stderr)
+                    status = 1
+    finally:
+        os.chdir(before)
+        sys.argv = argv
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        gc.collect()  # the run's envs and networks
+    return subprocess.CompletedProcess([sys.executable, script, *args], status or 0, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
 def run_script(tmp_path):
-    """run_in a fresh directory: run_script(script, *args, env=..., timeout=...)."""
+    """run_in a fresh directory: run_script(script, *args, env=..., timeout=..., fresh=...)."""
 
-    def run(script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        return run_in(tmp_path, script, *args, env=env, timeout=timeout)
+    def run(script: str, *args: str, env: dict | None = None, timeout: float = 300, fresh: bool = False):
+        return run_in(tmp_path, script, *args, env=env, timeout=timeout, fresh=fresh)
 
     return run
 

@@ -107,7 +107,7 @@ def test_bad_input_names_the_option_and_exits_2(capsys, script, argv, message):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_input_stops_before_anything_is_built(run_script, tmp_path, script):
-    proc = run_script(script, "--seed", "-1")
+    proc = run_script(script, "--seed", "-1", fresh=True)
     assert proc.returncode == 2 and "--seed must be in [0, 2**31 - 2**16)" in " ".join(
         proc.stderr.replace("\u2502", " ").split()
     )
@@ -242,7 +242,8 @@ def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path, 
     monkeypatch.setattr(sys, "argv", [script, *SMOKE[script]])
     result = runpy.run_path(str(ROOT / script), run_name="__main__")
     total = int(SMOKE[script][SMOKE[script].index("--total-timesteps") + 1])
-    games = 4 * (total // 4 // 100)  # 4 envs, 100 steps a game at most
+    envs = int(SMOKE[script][SMOKE[script].index("--num-envs") + 1])
+    games = envs * (total // envs // 100)  # 100 steps a game at most
     assert np.sum(truncations) >= 0.75 * games
     lengths = [length for _, length in read_scalars(only_run_dir(tmp_path))["charts/episodic_length"]]
     assert len(lengths) >= 0.75 * games and max(lengths) <= 100

@@ -1,11 +1,16 @@
 """benchmarks/gpu_check.sh, the prepared check for a lent GPU, kept from rotting: its CPU dry run
-goes through every step it can take without a GPU, and its verdicts can fail."""
+goes through every step it can take without a GPU (for one script: the steps are the same code for
+each), every script accepts the run the check gives it, and its verdicts can fail."""
 
+import importlib
 import math
 import os
 import subprocess
 import sys
 from types import SimpleNamespace
+
+import pytest
+import tyro
 
 from conftest import ROOT
 
@@ -14,17 +19,25 @@ import gpu_check  # noqa: E402
 
 
 def test_the_dry_run_passes_every_step_it_takes(tmp_path):
+    script = "natural_pg_damped.py"
     proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-dry-run", "--work", str(tmp_path)],
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-dry-run", "--work", str(tmp_path), "--scripts", script],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.rstrip().endswith("all passed")
-    for script in gpu_check.RUNS:
-        name = script.removesuffix(".py")
-        assert f"PASS  {name}: eager on cpu, checkpoint, --save-model" in proc.stdout
-        assert f"PASS  {name}: resume device -> cpu" in proc.stdout
-        assert f"| `{script}` (" in proc.stdout  # its row of the speed table
+    name = script.removesuffix(".py")
+    assert f"PASS  {name}: eager on cpu, checkpoint, --save-model" in proc.stdout
+    assert f"PASS  {name}: resume device -> cpu" in proc.stdout
+    assert f"| `{script}` (" in proc.stdout  # its row of the speed table
+    assert proc.stdout.count("PASS ") == 2
+
+
+@pytest.mark.parametrize("script", gpu_check.RUNS)
+def test_every_script_accepts_the_run_it_is_given(script):
+    """Every option of the check's run exists, parses and describes a valid run (Args.__post_init__)."""
+    args = tyro.cli(importlib.import_module(script.removesuffix(".py")).Args, args=gpu_check.arguments(script, 1000))
+    assert args.num_envs == gpu_check.RUNS[script][2]  # the env count of its row in the speed table
 
 
 def test_without_cuda_the_gpu_run_stops_at_once_saying_why():

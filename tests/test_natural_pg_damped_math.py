@@ -185,16 +185,18 @@ def solve_damped_regression(p: dict, tau: float, eps: float, iters: int = 200) -
     with step halving; returns theta - theta_old."""
     theta = p["theta"].clone()
     loss = lambda th: 0.5 * damped_residual(p, th, tau, eps).pow(2).mean()  # noqa: E731
+    first = None
     for _ in range(iters):
         r = damped_residual(p, theta, tau, eps)
         J = jacobian(lambda th: damped_residual(p, th, tau, eps), theta)
+        first = (J.T @ r).norm() if first is None else first
+        if (J.T @ r).norm() < 1e-10 * first:  # the loss's gradient, J^T r / B, has vanished
+            break
         step = torch.linalg.lstsq(J, -r[:, None]).solution.squeeze(1)
         size = 1.0
         while loss(theta + size * step) > loss(theta) and size > 1e-6:
             size /= 2
         theta = theta + size * step
-        if step.norm() < 1e-14 * (1 + theta.norm()):
-            break
     grad = jacobian(loss, theta)
     assert grad.norm() < 1e-7 * jacobian(loss, p["theta"]).norm(), grad.norm()  # a stationary point
     return theta - p["theta"]
