@@ -91,8 +91,9 @@ class Args:
     """conjugate gradient iterations of the natural-gradient solve"""
     fvp_fraction: float = 1.0
     """the fraction of the batch, drawn at random, that CG's Fisher-vector products use (TRPO: 0.1); the gradient uses all"""
-    diagnostic_every: int = 10
-    """damped-q: compute the CG natural step to compare with (the npg/cosine_* charts) every this many iterations"""
+    diagnostic_every: int = 50
+    """damped-q: compute the CG natural step to compare with (the npg/cosine_* charts) every this many iterations
+    (50: every 16,000 agent steps at 16 envs x 20 steps; the comparison takes about two iterations' time)"""
     cg_damping: float = 0.1
     """lambda: npg solves (F + lambda I) x = g, damped-q adds tau^2 lambda/2 ||theta - theta_old||^2 (Psi^T Psi is singular)"""
     max_kl: Optional[float] = 0.01
@@ -408,16 +409,21 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     (`kl_backtrack`). Logged, on the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual
     (eq. 68), the entropy, the KL, and (when the CG `natural` step was computed) the cosine, in parameter
     space and in the Fisher metric, and length ratio of the step taken to it."""
+    logits_new = None
     if args.max_kl is not None:
 
         def kl_of(f: float) -> float:
+            nonlocal logits_new
             set_parameters(policy, b.theta_old + f * step)
-            return mean_kl(b.logits_old, policy_fn(b.obs)).item()
+            logits_new = policy_fn(b.obs)
+            return mean_kl(b.logits_old, logits_new).item()
 
         fraction, _ = kl_backtrack(kl_of, args.max_kl, start=fraction)
-        set_parameters(policy, b.theta_old + fraction * step)
+        if fraction == 0.0:  # no try was within the trust region: the policy stays
+            set_parameters(policy, b.theta_old)
+            logits_new = None
     taken = fraction * step
-    logits_new = policy_fn(b.obs)
+    logits_new = policy_fn(b.obs) if logits_new is None else logits_new  # the last try's are the policy's now
     residual = npg_residual(logits_new, b.logits_old, b.actions, b.reg_advantages, args.tau, args.eps)
     logs = {
         "losses/damped_q_loss": damped_q_loss(logits_new, b.values_old, b.actions, b.targets, args.tau),
@@ -847,6 +853,7 @@ if __name__ == "__main__":
     obs_buf = torch.zeros((T, N) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
     actions_buf = torch.zeros((T, N), dtype=torch.long, device=device)
     values_buf = torch.zeros((T, N), device=device)
+    logits_buf = torch.zeros((T, N, envs.single_action_space.n), device=device)
     # The rollout's small arrays stay on the host and move to the device once per update.
     rewards_buf, truncation_values_buf = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=np.float32)
     terminated_buf, truncated_buf = np.zeros((T, N), dtype=bool), np.zeros((T, N), dtype=bool)
@@ -865,12 +872,13 @@ if __name__ == "__main__":
     progress, start_time, start_step = Progress(num_iterations * batch_size, global_step), time.time(), global_step
     checkpoint_path = f"{run_dir}/checkpoint.pt"
     for iteration in range(first_iteration, num_iterations + 1):
-        # Rollout with pi_old; V_old(s_t) recorded as it goes.
+        # Rollout with pi_old; its logits and V_old(s_t) recorded as it goes.
         truncation_values_buf[:] = 0.0
         for t in range(T):
             obs_buf[t] = torch.from_numpy(obs).to(device)
             with torch.no_grad():
-                action = sample_actions(policy_fn(obs_buf[t]).cpu(), generator)  # on the host, like the env
+                logits_buf[t] = policy_fn(obs_buf[t])
+                action = sample_actions(logits_buf[t].cpu(), generator)  # on the host, like the env
                 values_buf[t] = value_fn(obs_buf[t]).squeeze(-1)
             actions_buf[t] = action
             if args.capture_video and video_schedule(games_env0):
@@ -900,9 +908,9 @@ if __name__ == "__main__":
             global_step += N
 
         # Advantages Delta_t and value targets under pi_old and V_old (eqs. 52-54), A_t (eq. 71), Qhat^eps_t (eq. 76).
-        b_obs, b_actions, b_values = obs_buf.flatten(0, 1), actions_buf.flatten(), values_buf.flatten()
+        b_obs, b_actions, b_values, logits_old = (buf.flatten(0, 1) for buf in (obs_buf, actions_buf, values_buf, logits_buf))
         if args.solver == "npg" or iteration % args.diagnostic_every == 0:  # the CG natural step is computed
-            theta_old, logits_old, jv, jtu = policy_jacobian(policy, b_obs)
+            theta_old, _, jv, jtu = policy_jacobian(policy, b_obs)
             # F's sample, drawn from (seed, iteration) alone: damped-q's minibatches do not depend on it.
             sample = np.sort(np.random.default_rng([args.seed, iteration]).permutation(batch_size)[:fvp_size])
             sample = torch.from_numpy(sample).to(device)
@@ -911,8 +919,6 @@ if __name__ == "__main__":
             fvp = fisher_vector_product(jv_f, jtu_f, logits_old[sample], b_actions[sample], args.fisher, args.cg_damping)
         else:
             theta_old, jv, jtu, fvp = torch.cat([p.detach().flatten() for p in policy.parameters()]), None, None, None
-            with torch.no_grad():
-                logits_old = policy_fn(b_obs)
         with torch.no_grad():
             next_value = value_fn(torch.from_numpy(obs).to(device)).squeeze(-1)  # V_old(s_T)
             bonuses = reward_bonus(logits_old.view(T, N, -1), args.tau, args.regularizer)

@@ -41,7 +41,8 @@ RUNS = {
     "a2c_entropy.py": ("--num-envs 16 --total-timesteps {16n} --log-interval 5", "losses/value_loss", 16),
     "pgql_equiv.py": ("--num-envs 16 --total-timesteps {16n} --log-interval 5 --update ql --equiv-check-every 5",
                       "losses/value_loss", 16),
-    "natural_pg_damped.py": ("--num-envs 8 --num-steps 10 --total-timesteps {4n} --cg-iters 5", "npg/kl_old_new", 8),
+    "natural_pg_damped.py": ("--num-envs 8 --num-steps 10 --total-timesteps {4n} --cg-iters 5 --diagnostic-every 5",
+                             "npg/kl_old_new", 8),
 }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ RUNS = {
     "a2c_entropy": ("a2c_entropy.py", SMOKE["a2c_entropy.py"]),
     "pgql_equiv": ("pgql_equiv.py", [*SMOKE["pgql_equiv.py"], "--update", "ql"]),
     # damped-q: the compiled networks take the Adam steps, the compiled J v the diagnostic CG solve
-    "natural_pg_damped": ("natural_pg_damped.py", SMOKE["natural_pg_damped.py"]),
+    "natural_pg_damped": ("natural_pg_damped.py", [*SMOKE["natural_pg_damped.py"], "--diagnostic-every", "10"]),
 }
 
 

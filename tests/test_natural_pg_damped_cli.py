@@ -26,9 +26,9 @@ TAGS = {
     "npg/cg_residual",
 }
 RUNS = {
-    "damped-q": ["--solver", "damped-q"],
+    "damped-q": ["--solver", "damped-q", "--diagnostic-every", "10"],
     "damped-q-every-iteration": ["--solver", "damped-q", "--diagnostic-every", "1"],
-    "damped-q-exact": ["--solver", "damped-q", "--fisher", "exact"],
+    "damped-q-exact": ["--solver", "damped-q", "--fisher", "exact", "--diagnostic-every", "10"],
     "npg": ["--solver", "npg"],
     "npg-exact": ["--solver", "npg", "--fisher", "exact"],
     "npg-no-trust-region": ["--solver", "npg", "--max-kl", "None", "--eps", "0.001"],
@@ -82,7 +82,7 @@ def test_npg_takes_the_cg_step_scaled_by_the_trust_region(smoke, name):
 
 
 def test_the_diagnostic_changes_what_is_compared_not_the_step(smoke):
-    """damped-q computes the CG step only to compare with: every --diagnostic-every (10) iterations
+    """damped-q computes the CG step only to compare with: every --diagnostic-every (10 here) iterations
     it logs the comparison, and every value both runs log is bit-identical to the run that
     compares at every iteration."""
     every, tenth = smoke["damped-q-every-iteration"], smoke["damped-q"]

@@ -31,7 +31,7 @@ def with_total(args: list[str], total: int) -> list[str]:
 EXACT = {
     "a2c_entropy": ("a2c_entropy.py", [*SMOKE["a2c_entropy.py"], "--no-anneal-lr"], 400),
     "pgql_equiv": ("pgql_equiv.py", [*SMOKE["pgql_equiv.py"], "--update", "ql", "--no-anneal-lr"], 400),
-    "natural_pg_damped": ("natural_pg_damped.py", SMOKE["natural_pg_damped.py"], 320),
+    "natural_pg_damped": ("natural_pg_damped.py", [*SMOKE["natural_pg_damped.py"], "--diagnostic-every", "5"], 320),
     "soft_dqn": (
         "soft_dqn.py",
         [*SMOKE["soft_dqn.py"], "--start-e", "0.5", "--checkpoint-replay", "--tau", "0.1", "--n-step", "3"],
