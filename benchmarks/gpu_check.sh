@@ -3,7 +3,7 @@
 # installs the wheels carried in .whl/ (the list and how to download them: benchmarks/RESULTS.md,
 # section GPU) without an index, then runs every step. Arguments go to gpu_check.py:
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine, ~8 min on one H200
-#   bash benchmarks/gpu_check.sh --cpu-dry-run    # anywhere (CI): the same steps on the CPU, no install
+#   bash benchmarks/gpu_check.sh --cpu-dry-run    # anywhere: the same steps on the CPU, no install (CI: one script, --scripts)
 # $PYTHON chooses the interpreter (default python3, the one that holds torch on the GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."

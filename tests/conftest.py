@@ -3,13 +3,14 @@ modules, run them as a user does, read back what they logged, and a recorded rol
 play for the environment and replay tests."""
 
 import contextlib
+import faulthandler
 import gc
 import io
 import os
-import runpy
 import signal
 import subprocess
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +46,17 @@ def run_in(
     cwd: Path, script: str, *args: str, env: dict | None = None, timeout: float = 300, fresh: bool = False
 ) -> subprocess.CompletedProcess:
     """Run `python SCRIPT ARGS...` in `cwd` (runs/ and videos/ land there), as a user does: its
-    `__main__` block with that argv, its exit status, stdout and stderr. In this process (runpy),
-    unless `fresh` or `env` asks for a new interpreter (what is read at startup, a process's own
-    exit): a fresh one would import torch and torch._dynamo again, ~6 s a launch on 2 cores."""
-    if fresh or env:
+    `__main__` block with that argv, its exit status, stdout and stderr. In this process, unless
+    `fresh` or `env` asks for a new interpreter (what is read at startup, a process's own exit): a
+    new one would import torch and torch._dynamo again, ~6 s a launch on 2 cores.
+
+    In this process the script runs as the module `__main__`; argv, the working directory,
+    `__main__` and the SIGINT/SIGTERM handlers are restored after it. What a run that exited early
+    left open (its TensorBoard writer, its envs) is closed and its namespace dropped (tyro's caches
+    keep the Args class, and through it the module's globals, alive). A run past `timeout` seconds
+    dumps every thread's traceback and ends the test process: a hang fails loudly. A script's own
+    exception reaches the test, its output printed first."""
+    if fresh or env is not None:
         return subprocess.run(
             [sys.executable, str(ROOT / script), *args],
             cwd=cwd,
@@ -57,25 +65,39 @@ def run_in(
             text=True,
             timeout=timeout,
         )
-    out, err, status = io.StringIO(), io.StringIO(), 0
-    argv, before, handlers = sys.argv, os.getcwd(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    from gymnasium.vector import VectorEnv
+    from torch.utils.tensorboard import SummaryWriter
+
+    path, out, err, status = ROOT / script, io.StringIO(), io.StringIO(), 0
+    module = types.ModuleType("__main__")
+    module.__file__ = str(path)
+    saved = sys.argv, os.getcwd(), sys.modules["__main__"], {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    os.chdir(cwd)
+    sys.argv, sys.modules["__main__"] = [str(path), *args], module
+    faulthandler.dump_traceback_later(timeout, exit=True)
     try:
-        os.chdir(cwd)
-        sys.argv = [str(ROOT / script), *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                runpy.run_path(str(ROOT / script), run_name="__main__")
+                exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
             except SystemExit as stop:
                 status = stop.code
                 if not isinstance(status, int) and status is not None:  # a message: printed to stderr, status 1
                     print(status, file=sys.stderr)
                     status = 1
+    except BaseException:
+        sys.__stderr__.write(out.getvalue() + err.getvalue())
+        raise
     finally:
+        faulthandler.cancel_dump_traceback_later()
+        sys.argv, before, sys.modules["__main__"], handlers = saved
         os.chdir(before)
-        sys.argv = argv
         for s, handler in handlers.items():
             signal.signal(s, handler)
-        gc.collect()  # the run's envs and networks
+        for value in list(module.__dict__.values()):
+            if isinstance(value, (SummaryWriter, VectorEnv)):
+                value.close()
+        module.__dict__.clear()
+        gc.collect()
     return subprocess.CompletedProcess([sys.executable, script, *args], status or 0, out.getvalue(), err.getvalue())
 
 

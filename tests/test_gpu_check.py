@@ -35,9 +35,12 @@ def test_the_dry_run_passes_every_step_it_takes(tmp_path):
 
 @pytest.mark.parametrize("script", gpu_check.RUNS)
 def test_every_script_accepts_the_run_it_is_given(script):
-    """Every option of the check's run exists, parses and describes a valid run (Args.__post_init__)."""
+    """Every option of the check's run exists, parses and describes a valid run (Args.__post_init__),
+    and the script logs the tag that times it."""
     args = tyro.cli(importlib.import_module(script.removesuffix(".py")).Args, args=gpu_check.arguments(script, 1000))
     assert args.num_envs == gpu_check.RUNS[script][2]  # the env count of its row in the speed table
+    smoke_tags = importlib.import_module(f"test_{script.removesuffix('.py')}_cli").TAGS  # what its smoke test sees logged
+    assert gpu_check.RUNS[script][1] in smoke_tags
 
 
 def test_without_cuda_the_gpu_run_stops_at_once_saying_why():
