@@ -409,21 +409,18 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     (`kl_backtrack`). Logged, on the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual
     (eq. 68), the entropy, the KL, and (when the CG `natural` step was computed) the cosine, in parameter
     space and in the Fisher metric, and length ratio of the step taken to it."""
-    logits_new, tried = None, None
+    tried = {}  # fraction -> the policy's logits on the batch there
     if args.max_kl is not None:
 
         def kl_of(f: float) -> float:
-            nonlocal logits_new, tried
             set_parameters(policy, b.theta_old + f * step)
-            logits_new, tried = policy_fn(b.obs), f
-            return mean_kl(b.logits_old, logits_new).item()
+            tried[f] = policy_fn(b.obs)
+            return mean_kl(b.logits_old, tried[f]).item()
 
         fraction, _ = kl_backtrack(kl_of, args.max_kl, start=fraction)
-        if fraction != tried:  # no try was within the trust region (fraction 0): the policy stays
-            set_parameters(policy, b.theta_old + fraction * step)
-            logits_new = None
+        set_parameters(policy, b.theta_old + fraction * step)
     taken = fraction * step
-    logits_new = policy_fn(b.obs) if logits_new is None else logits_new  # the last try's, when it is the step taken
+    logits_new = tried[fraction] if fraction in tried else policy_fn(b.obs)
     residual = npg_residual(logits_new, b.logits_old, b.actions, b.reg_advantages, args.tau, args.eps)
     logs = {
         "losses/damped_q_loss": damped_q_loss(logits_new, b.values_old, b.actions, b.targets, args.tau),
