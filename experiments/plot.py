@@ -25,6 +25,7 @@ interquartile mean (IQM) of all its runs with a 95% stratified-bootstrap confide
 import argparse
 import csv
 import gzip
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -63,13 +64,15 @@ def logged_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def save_compact(scalars: dict, path: Path) -> None:
-    """The scalars as gzipped CSV rows tag,step,value (written whole, then moved into place)."""
+    """The scalars as gzipped CSV rows tag,step,value (written whole, then moved into place). The gzip
+    header carries no time or name, so the same logs give the same bytes and git sees no change."""
+    text = io.StringIO(newline="")
+    rows = csv.writer(text)
+    rows.writerow(["tag", "step", "value"])
+    rows.writerows((tag, step, f"{value:.7g}") for tag, points in scalars.items() for step, value in points)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", newline="") as f:
-        rows = csv.writer(f)
-        rows.writerow(["tag", "step", "value"])
-        rows.writerows((tag, step, f"{value:.7g}") for tag, points in scalars.items() for step, value in points)
+    tmp.write_bytes(gzip.compress(text.getvalue().encode(), mtime=0))
     tmp.replace(path)
 
 

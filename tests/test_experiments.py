@@ -5,6 +5,7 @@ import importlib
 import json
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -145,6 +146,16 @@ def test_binned_curve_and_final_return():
     assert np.array_equal(curve, [np.nan, 2.0, 2.0, 5.0, np.nan], equal_nan=True)
     assert plot.final_return(np.array([1.0, 2.0, 3.0, 10.0]), last=2) == 6.5
     assert np.isnan(plot.final_return(np.array([]), last=100))
+
+
+def test_compact_logs_round_trip_and_the_same_logs_give_the_same_bytes(tmp_path):
+    scalars = {"charts/episodic_return": [(10, 1.5), (30, -2.0)], "losses/value_loss": [(20, 0.123456789)]}
+    first, second = tmp_path / "a" / "seed1.csv.gz", tmp_path / "b" / "seed1.csv.gz"
+    plot.save_compact(scalars, first)
+    time.sleep(1.1)  # gzip stamps whole seconds: a header time would differ
+    plot.save_compact(scalars, second)
+    assert first.read_bytes() == second.read_bytes()  # git sees an unchanged file as unchanged
+    assert plot.load_compact(first) == {**scalars, "losses/value_loss": [(20, 0.1234568)]}  # 7 significant digits
 
 
 def test_iqm_and_its_stratified_bootstrap():
