@@ -38,7 +38,7 @@ args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
         ("fig2_soft_dqn", 72, 40_000_000),
         ("fig2_munchausen", 6, 2_000_000),
         ("fig3_pgql", 36, 320_000_000),
-        ("sec5_natural_pg", 27, 40_000_000),
+        ("sec5_natural_pg", 36, 40_000_000),
     ],
 )
 def test_descriptions_plan_the_papers_runs_with_options_the_script_accepts(tmp_path, name, runs, frames):
