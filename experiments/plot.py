@@ -15,6 +15,8 @@ of the games that ended in each of --bins frame intervals, with a shaded band of
 deviation over seeds. The table gives, per game and variant, the mean +- std over seeds of
 each seed's last --last games, and the frames that the shortest seed reached. Runs are found
 where experiments/run.py puts them; a run still going or stopped counts with what it logged.
+With --frames, every run is cut at that budget: a run extended past it, or shared through same_as
+at a larger one, is compared at the same frames as the others.
 
 A second table aggregates over games the rliable way (Agarwal et al. 2021): each run's final
 return is human-normalized, (score - random) / (human - random), and each variant gets the
@@ -162,8 +164,9 @@ def stratified_bootstrap_iqm(per_game: list[np.ndarray], reps: int, rng: np.rand
 
 
 def collect(description: str, results: Path, saved: Path, frames: int | None, games, seeds, variants):
-    """{(variant, game): [(frames, returns, reached) per seed]} for the planned runs, and the runs. A run's
-    TensorBoard logs under `results` are saved compactly under `saved` first; without logs, what was saved is read."""
+    """{(variant, game): [(frames, returns, reached) per seed]} for the planned runs, up to `frames` when given,
+    and the runs. A run's TensorBoard logs under `results` are saved compactly under `saved` first (whole);
+    without logs, what was saved is read."""
     runs = plan(description, results, frames, games, seeds, variants, [])
     data: dict[tuple[str, str], list] = {}
     for r in runs:
@@ -171,7 +174,11 @@ def collect(description: str, results: Path, saved: Path, frames: int | None, ga
         scalars = logged_scalars(r.directory)
         if scalars:
             save_compact(scalars, compact)
-        data.setdefault((r.variant, r.game), []).append(episodes(scalars or load_compact(compact)))
+        frames_at, returns, reached = episodes(scalars or load_compact(compact))
+        if frames:  # a run extended past the budget, or shared through same_as at a larger one, is cut at it
+            kept = frames_at <= frames
+            frames_at, returns, reached = frames_at[kept], returns[kept], min(reached, frames)
+        data.setdefault((r.variant, r.game), []).append((frames_at, returns, reached))
     return data, runs
 
 
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("description", help="an experiments/*.toml file")
     parser.add_argument(
-        "--frames", type=int, help="the --frames the runs were launched with (selects nothing; shown in the plan)"
+        "--frames", type=int, help="the --frames the runs were launched with: games that end after it are left out"
     )
     parser.add_argument("--games", nargs="+")
     parser.add_argument("--seeds", nargs="+", type=int)

@@ -138,6 +138,18 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
                "--out", str(tmp_path / "again.png"), "--last", "3"])  # fmt: skip
     assert capsys.readouterr().out.split("final return:")[1] == printed.split("final return:")[1]  # the tables
 
+    # --frames compares every run at that budget: games that end after it are left out
+    plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--data", str(tmp_path / "data"),
+               "--out", str(tmp_path / "cut.png"), "--last", "3", "--frames", "6000"])  # fmt: skip
+    printed = capsys.readouterr().out
+    finals = []
+    for seed in (1, 2):
+        saved = tmp_path / "data" / "tiny" / "A2C_proper" / "BreakoutNoFrameskip-v4" / f"seed{seed}.csv.gz"
+        games = plot.load_compact(saved)["charts/episodic_return"]
+        finals.append(np.mean([v for step, v in games if step * runner.FRAMES_PER_STEP <= 6000][-3:]))
+    assert "| BreakoutNoFrameskip-v4 (6,000) | " in printed
+    assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
+
 
 def test_binned_curve_and_final_return():
     edges = np.array([0, 10, 20, 30, 40, 50])
