@@ -407,8 +407,8 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     """The trust region, then what the loop logs. With --max-kl the policy goes to theta_old + f step, f
     found by backtracking from `fraction` until the mean KL(pi_old || pi) on the batch is within it
     (`kl_backtrack`). Logged, on the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual
-    (eq. 68), the entropy, the KL, and (when the CG `natural` step was computed) the cosine, in parameter
-    space and in the Fisher metric, and length ratio of the step taken to it."""
+    (eq. 68), the entropy, the KL, and (when the CG `natural` step was computed) the length ratio of the
+    step taken to it and, if a step was taken, their cosine in parameter space and in the Fisher metric."""
     tried = {}  # fraction -> the policy's logits on the batch there
     if args.max_kl is not None:
 
@@ -432,12 +432,13 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     if natural is None:
         return logs
     t, s = taken.double(), natural.double()  # in float64: a float32 dot product over 1.7M entries is off by ~1e-4
+    logs |= {"npg/step_norm_ratio": t.norm() / s.norm(), "npg/cg_residual": torch.tensor(cg_residual)}
+    if fraction == 0:  # the trust region kept theta_old: no step, no direction to compare
+        return logs
     weigh = logit_fisher(b.logits_old.double(), b.actions, args.fisher)
     return logs | {
         "npg/cosine_step": t.dot(s) / (t.norm() * s.norm()),
         "npg/cosine_step_fisher": fisher_cosine(b.jv(taken).double(), b.jv(natural).double(), weigh),
-        "npg/step_norm_ratio": t.norm() / s.norm(),
-        "npg/cg_residual": torch.tensor(cg_residual),
     }
 
 

@@ -5,8 +5,9 @@ losses, --save-model and the time-limit bootstrap: test_cli_common.py)."""
 import math
 
 import pytest
+import torch
 
-from conftest import SMOKE, only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
+from conftest import ROOT, SMOKE, only_run_dir, read_scalars, run_in, scalars_of_runs, without_sps
 
 # 2 envs x 16 steps = 32 agent steps per iteration, 20 iterations (320 steps an env: random games end).
 TAGS = {
@@ -118,6 +119,38 @@ def test_the_options_reach_the_update(smoke):
     # damped-q's step does not depend on --fisher, only the reference it is compared with
     assert values(smoke["damped-q"], "npg/kl_old_new") == values(smoke["damped-q-exact"], "npg/kl_old_new")
     assert values(smoke["damped-q"], "npg/cosine_step") != values(smoke["damped-q-exact"], "npg/cosine_step")
+
+
+# Plausible bugs in recording pi_old's logits while acting: (old text, new text) in the script.
+MISRECORDED = {
+    "logits flattened env-major, the other buffers time-major": ("logits_buf))", "logits_buf.transpose(0, 1)))"),
+    "the logits of the previous state": ("policy_fn(obs_buf[t])", "policy_fn(obs_buf[t - 1])"),
+}
+
+
+@pytest.mark.parametrize("bug", [None, *MISRECORDED])
+def test_the_logits_recorded_while_acting_are_pi_olds_on_the_batch(tmp_path, monkeypatch, bug):
+    """pi_old's logits on the batch are the ones the rollout acted with, not a second forward pass. With
+    --max-kl 1e-30 no step fits the trust region, the policy stays at theta_old, and the logged
+    KL(pi_old || pi) compares the recorded logits with a forward pass over the batch: 0 up to float
+    rounding, and not 0 for a misrecorded buffer. The policy head starts at gain 1, not 0.01: near-uniform
+    logits barely differ between states, and a misrecorded buffer would go unseen (KL ~1e-8, like rounding;
+    at gain 1, ~1e-5)."""
+    init = torch.nn.init.orthogonal_
+    monkeypatch.setattr(torch.nn.init, "orthogonal_", lambda w, gain=1.0, **kw: init(w, 1.0 if gain == 0.01 else gain, **kw))
+    script = ROOT / "natural_pg_damped.py"
+    if bug:
+        (old, new), source = MISRECORDED[bug], script.read_text()
+        assert source.count(old) == 1
+        script = tmp_path / "misrecorded.py"
+        script.write_text(source.replace(old, new))
+    proc = run_in(tmp_path, str(script), *SMOKE["natural_pg_damped.py"], "--solver", "npg", "--max-kl", "1e-30")
+    assert proc.returncode == 0, proc.stderr  # no step taken: no cosine logged, not a NaN one
+    kls = values(read_scalars(only_run_dir(tmp_path)), "npg/kl_old_new")
+    if bug is None:  # seen: at most 3e-8
+        assert max(map(abs, kls)) < 1e-6, kls
+    else:  # seen: at least 1e-5
+        assert min(kls) > 1e-6, kls
 
 
 def test_same_seed_gives_identical_logs(smoke, tmp_path):
