@@ -22,6 +22,10 @@ A second table aggregates over games the rliable way (Agarwal et al. 2021): each
 return is human-normalized, (score - random) / (human - random), and each variant gets the
 interquartile mean (IQM) of all its runs with a 95% stratified-bootstrap confidence interval
 (--reps replicates; each resamples the seeds within every game, never across games).
+
+With --per-run FRAMES, a third table has one row per run: the mean return of the games that
+ended in each FRAMES-frame interval, the games played, the mean of the last --last and the last
+logged policy entropy.
 """
 
 import argparse
@@ -165,21 +169,23 @@ def stratified_bootstrap_iqm(per_game: list[np.ndarray], reps: int, rng: np.rand
 
 def collect(description: str, results: Path, saved: Path, frames: int | None, games, seeds, variants):
     """{(variant, game): [(frames, returns, reached) per seed]} for the planned runs, up to `frames` when given,
-    and the runs. A run's TensorBoard logs under `results` are saved compactly under `saved` first (whole);
-    without logs, what was saved is read."""
+    the runs, and each run's scalars (whole). A run's TensorBoard logs under `results` are saved compactly
+    under `saved` first; without logs, what was saved is read."""
     runs = plan(description, results, frames, games, seeds, variants, [])
     data: dict[tuple[str, str], list] = {}
+    logs = []
     for r in runs:
         compact = saved / r.directory.relative_to(results).with_suffix(".csv.gz")
         scalars = logged_scalars(r.directory)
         if scalars:
             save_compact(scalars, compact)
-        frames_at, returns, reached = episodes(scalars or load_compact(compact))
+        logs.append(scalars or load_compact(compact))
+        frames_at, returns, reached = episodes(logs[-1])
         if frames:  # a run extended past the budget, or shared through same_as at a larger one, is cut at it
             kept = frames_at <= frames
             frames_at, returns, reached = frames_at[kept], returns[kept], min(reached, frames)
         data.setdefault((r.variant, r.game), []).append((frames_at, returns, reached))
-    return data, runs
+    return data, runs, logs
 
 
 def table(data: dict, last: int) -> str:
@@ -192,6 +198,30 @@ def table(data: dict, last: int) -> str:
             reached += [frames for _, _, frames in data[(variant, game)] if frames]  # runs with no logs yet: not counted
             cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if len(done) else "–")
         lines.append(f"| {game} ({min(reached, default=0):,}) | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def per_run(data: dict, runs: list, logs: list, every: int, last: int, frames: int | None) -> str:
+    """One row per run of `collect`: its `binned_curve` over `every`-frame intervals (an interval with
+    no game ending in it carries the previous value, as on the curves), its games,
+    the mean of its last `last` and its last logged `losses/entropy` (up to `frames` when given)."""
+    reached = max(ran for seeds in data.values() for _, _, ran in seeds)
+    edges = np.arange(0, reached + every, every)
+    span = [f"{low / 1e6:g}–{high / 1e6:g}M" for low, high in zip(edges[:-1], edges[1:])]
+    lines = [
+        f"| variant | game | seed | {' | '.join(span)} | games | last {last} | entropy |",
+        "|---|---|---:|" + "---:|" * (len(span) + 3),
+    ]
+    seen: dict[tuple[str, str], int] = {}
+    for run, scalars in zip(runs, logs):
+        index = seen[(run.variant, run.game)] = seen.get((run.variant, run.game), -1) + 1
+        frames_at, returns, ran = data[(run.variant, run.game)][index]
+        if not scalars:  # a planned run not launched
+            continue
+        curve = [f"{x:.1f}" if np.isfinite(x) else "–" for x in binned_curve(frames_at, returns, edges, ran)]
+        entropy = [v for s, v in scalars.get("losses/entropy", []) if not frames or s * FRAMES_PER_STEP <= frames]
+        cells = [*curve, f"{len(returns):,}", f"{final_return(returns, last):.1f}", f"{entropy[-1]:.3f}" if entropy else "–"]
+        lines.append(f"| {run.variant} | {game_name(run.game)} | {run.seed} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -270,11 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bins", type=int, default=50, help="frame intervals of the curves")
     parser.add_argument("--last", type=int, default=100, help="games per seed in the final-return table")
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replicates of the IQM's confidence interval")
+    parser.add_argument(
+        "--per-run", type=int, metavar="FRAMES", help="also a table of each run's mean return per FRAMES frames"
+    )
     opts = parser.parse_args(argv)
 
     from run import load
 
-    data, runs = collect(
+    data, runs, logs = collect(
         opts.description, Path(opts.results), Path(opts.data), opts.frames, opts.games, opts.seeds, opts.variants
     )
     if not any(len(returns) for seeds in data.values() for _, returns, _ in seeds):
@@ -289,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     print("aggregate over games: IQM of every run's human-normalized final return, ", end="")
     print(f"95% stratified-bootstrap CI ({opts.reps:,} replicates)")
     print(aggregate(data, opts.last, opts.reps))
+    if opts.per_run:
+        print(f"per run: mean return of the games ending in each {opts.per_run:,}-frame interval, ", end="")
+        print(f"games, last {opts.last}, final entropy")
+        print(per_run(data, runs, logs, opts.per_run, opts.last, opts.frames))
     return 0
 
 
