@@ -169,8 +169,8 @@ def stratified_bootstrap_iqm(per_game: list[np.ndarray], reps: int, rng: np.rand
 
 def collect(description: str, results: Path, saved: Path, frames: int | None, games, seeds, variants):
     """{(variant, game): [(frames, returns, reached) per seed]} for the planned runs, up to `frames` when given,
-    the runs, and each run's scalars (whole). A run's TensorBoard logs under `results` are saved compactly
-    under `saved` first; without logs, what was saved is read."""
+    the runs, and per run its scalars (whole) with its (frames, returns, reached). A run's TensorBoard logs
+    under `results` are saved compactly under `saved` first; without logs, what was saved is read."""
     runs = plan(description, results, frames, games, seeds, variants, [])
     data: dict[tuple[str, str], list] = {}
     logs = []
@@ -179,12 +179,13 @@ def collect(description: str, results: Path, saved: Path, frames: int | None, ga
         scalars = logged_scalars(r.directory)
         if scalars:
             save_compact(scalars, compact)
-        logs.append(scalars or load_compact(compact))
-        frames_at, returns, reached = episodes(logs[-1])
+        scalars = scalars or load_compact(compact)
+        frames_at, returns, reached = episodes(scalars)
         if frames:  # a run extended past the budget, or shared through same_as at a larger one, is cut at it
             kept = frames_at <= frames
             frames_at, returns, reached = frames_at[kept], returns[kept], min(reached, frames)
         data.setdefault((r.variant, r.game), []).append((frames_at, returns, reached))
+        logs.append((scalars, frames_at, returns, reached))
     return data, runs, logs
 
 
@@ -201,21 +202,18 @@ def table(data: dict, last: int) -> str:
     return "\n".join(lines)
 
 
-def per_run(data: dict, runs: list, logs: list, every: int, last: int, frames: int | None) -> str:
-    """One row per run of `collect`: its `binned_curve` over `every`-frame intervals (an interval with
+def per_run(runs: list, logs: list, every: int, last: int, frames: int | None) -> str:
+    """One row per run of `collect` (its runs and logs): its `binned_curve` over `every`-frame intervals (an interval with
     no game ending in it carries the previous value, as on the curves), its games,
     the mean of its last `last` and its last logged `losses/entropy` (up to `frames` when given)."""
-    reached = max(ran for seeds in data.values() for _, _, ran in seeds)
+    reached = max(ran for *_, ran in logs)
     edges = np.arange(0, reached + every, every)
     span = [f"{low / 1e6:g}–{high / 1e6:g}M" for low, high in zip(edges[:-1], edges[1:])]
     lines = [
         f"| variant | game | seed | {' | '.join(span)} | games | last {last} | entropy |",
         "|---|---|---:|" + "---:|" * (len(span) + 3),
     ]
-    seen: dict[tuple[str, str], int] = {}
-    for run, scalars in zip(runs, logs):
-        index = seen[(run.variant, run.game)] = seen.get((run.variant, run.game), -1) + 1
-        frames_at, returns, ran = data[(run.variant, run.game)][index]
+    for run, (scalars, frames_at, returns, ran) in zip(runs, logs):
         if not scalars:  # a planned run not launched
             continue
         curve = [f"{x:.1f}" if np.isfinite(x) else "–" for x in binned_curve(frames_at, returns, edges, ran)]
@@ -325,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.per_run:
         print(f"per run: mean return of the games ending in each {opts.per_run:,}-frame interval, ", end="")
         print(f"games, last {opts.last}, final entropy")
-        print(per_run(data, runs, logs, opts.per_run, opts.last, opts.frames))
+        print(per_run(runs, logs, opts.per_run, opts.last, opts.frames))
     return 0
 
 
