@@ -1,46 +1,38 @@
-"""One A2C loop on Atari, trained by policy gradient or by soft Q-learning, and the
-equivalence of the two checked live on the gradients that train it.
+"""One A2C loop on Atari, trained by policy gradient or by soft Q-learning, and the equivalence of the two checked
+live on the gradients that train it.
 
-Section 4 and the experiment of Section 6.3 (Figure 3) of "Equivalence Between Policy Gradients
-and Soft Q-Learning" (Schulman, Chen, Abbeel 2017). Everything (envs, network, rollouts, RMSprop,
-schedule, clipping, logging) is a2c_entropy.py in its proper mode; only the loss differs:
+Section 4 and the experiment of Section 6.3 (Figure 3) of "Equivalence Between Policy Gradients and Soft Q-Learning"
+(Schulman, Chen, Abbeel 2017). Everything (envs, network, rollouts, RMSprop, schedule, clipping, logging) is
+a2c_entropy.py in its proper mode; only the loss differs:
 
     --update pg:  entropy-regularized A2C, L = -log pi(a_t|s_t) Delta_t + tau KL(s_t) + c/2 (V(s_t) - Vhat_t)^2 (eq. 80, 84-86)
     --update ql:  soft Q-learning on the same heads, Q(s,a) = V(s) + tau log(pi(a|s)/pibar(a|s)) (eq. 57),
                   L = 1/2 (Q(s_t,a_t) - y_t)^2,  y_t = tau KL_t + V(s_t) + Delta_t  (n-step soft target, no gradient)
 
-Actions come from pi itself (no epsilon), and there is no target network. In expectation over
-a_t ~ pi(.|s_t), the soft Q-learning gradient is tau x the policy gradient plus the gradient
-of 1/2 (V - Vhat)^2 (eqs. 58-65): A2C with value coefficient c = 1/tau. Section 6.3 scales
-the gradient into the advantage stream tau log(pi/pibar) by 1/tau and into the value stream
-by c = 0.5 (`--grad-scaling`, default; forward values unchanged), which makes the two
-updates equal in expectation; the paper prints "1/gamma" for 1/tau (docs/paper.md).
-Every `--equiv-check-every` updates the run logs, on its current batch, how close the two
-gradients are with the expectation over actions taken exactly, for returns that depend on the
-action so that every term of the identity is compared (`equiv/*`).
+Actions come from pi itself (no epsilon), and there is no target network. In expectation over a_t ~ pi(.|s_t), the
+soft Q-learning gradient is tau x the policy gradient plus the gradient of 1/2 (V - Vhat)^2 (eqs. 58-65): A2C with
+value coefficient c = 1/tau. Section 6.3 scales the gradient into the advantage stream tau log(pi/pibar) by 1/tau and
+into the value stream by c = 0.5 (`--grad-scaling`, default; forward values unchanged), which makes the two updates
+equal in expectation; the paper prints "1/gamma" for 1/tau (docs/paper.md). Every `--equiv-check-every` updates the
+run logs, on its current batch, how close the two gradients are with the expectation over actions taken exactly, for
+returns that depend on the action so that every term of the identity is compared (`equiv/*`).
 
 Run:
     python pgql_equiv.py --update pg          # entropy-regularized ("proper") A2C
     python pgql_equiv.py --update ql          # soft Q-learning on Q = V + tau*log pi, same hyperparameters
     python pgql_equiv.py --update ql --no-grad-scaling   # raw soft-Q: value weight 1/tau (the paper's c = 100 instability)
     python pgql_equiv.py --resume runs/<run>/checkpoint.pt --total-timesteps 20000000   # go on, or further
-    tensorboard --logdir runs
 """
 
 import argparse
-import collections
 import contextlib
 import datetime
-import hashlib
 import math
 import os
-import random
 import re
-import shutil
 import signal
 import sys
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from typing import Literal, Optional
@@ -120,43 +112,36 @@ class Args:
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint, with its options (those in RESUME_MAY_CHANGE may change)"""
+    """continue the run saved in this checkpoint with its options; only --total-timesteps, --checkpoint-every, --track,
+    --cuda and --compile may be given"""
 
     def __post_init__(self):
-        """Reject what would fail late or silently (tyro prints the message and exits 2)."""
+        """Reject what would crash the envs, fail late or train silently wrong (tyro shows it and exits 2)."""
         ale_game_name(self.env_id)
         rollout = self.num_envs * self.num_steps
-        require(
-            (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
-            (self.tau >= 0 and math.isfinite(self.tau), f"--tau must be a finite number >= 0, got {self.tau}"),
-            (1 <= self.num_envs <= MAX_ENVS, f"--num-envs must be in [1, {MAX_ENVS}]: each env takes ~0.1 s to build"),
-            (self.num_steps >= 1, "--num-steps must be >= 1"),
-            (self.total_timesteps >= rollout,
-             f"--total-timesteps {self.total_timesteps} is less than one rollout (--num-envs * --num-steps = {rollout})"),
-            (0 <= self.gamma <= 1, f"--gamma must be in [0, 1], got {self.gamma}"),
-            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be a finite number > 0"),
-            (self.vf_coef >= 0 and math.isfinite(self.vf_coef), "--vf-coef must be a finite number >= 0"),
-            (self.max_grad_norm > 0, "--max-grad-norm must be > 0"),
-            (0 <= self.rmsprop_alpha < 1, "--rmsprop-alpha must be in [0, 1)"),
-            (self.rmsprop_eps > 0 and math.isfinite(self.rmsprop_eps), "--rmsprop-eps must be a finite number > 0"),
-            (self.log_interval >= 1, "--log-interval must be >= 1"),
-            (self.eval_episodes >= 1, "--eval-episodes must be >= 1"),
-            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM)"),
-            (self.tau != 0 or (self.update == "pg" and self.equiv_check_every == 0),
-             "--tau 0 has no soft Q-function (Q = V + tau log(pi/pibar)): --update ql and the equivalence check need"
-             " tau > 0 (for plain A2C pass --equiv-check-every 0)"),
-            (self.equiv_check_every >= 0, "--equiv-check-every must be >= 0 (0 disables)"),
-        )  # fmt: skip
+        checks = {
+            "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)": 0 <= self.seed < 2**31 - 2**16,
+            f"--tau must be a finite number >= 0, got {self.tau}": 0 <= self.tau < math.inf,
+            "--num-envs and --num-steps must be >= 1": min(self.num_envs, self.num_steps) >= 1,
+            f"--total-timesteps must be >= --num-envs * --num-steps = {rollout}": self.total_timesteps >= rollout,
+            f"--gamma must be in [0, 1], got {self.gamma}": 0 <= self.gamma <= 1,
+            "--learning-rate must be a finite number > 0": 0 < self.learning_rate < math.inf,
+            "--vf-coef must be >= 0 and --max-grad-norm > 0": self.vf_coef >= 0 and self.max_grad_norm > 0,
+            "--eval-episodes must be >= 1": self.eval_episodes >= 1,
+            "--tau 0 has no soft Q-function: --update ql and the equivalence check need --tau > 0 (plain A2C: "
+            "--equiv-check-every 0)": self.tau > 0 or (self.update == "pg" and self.equiv_check_every == 0),
+            "--equiv-check-every must be >= 0 (0 disables)": self.equiv_check_every >= 0,
+        }
+        if not all(checks.values()):
+            raise ValueError("; ".join(message for message, ok in checks.items() if not ok))
 
 
-# ----------------------------------------------------------------------------------------------
-# The paper's math (uniform reference policy pibar = 1/|A| throughout)
-# ----------------------------------------------------------------------------------------------
+# The paper's math (uniform reference policy pibar = 1/|A| throughout) ------------------------------------------------
 
 
 def entropy_and_kl(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26 with
-    pibar uniform), over the last axis of the policy's logits."""
+    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26, pibar uniform), over the last
+    axis of the policy's logits."""
     log_pi = F.log_softmax(logits, dim=-1)
     entropy = -(log_pi.exp() * log_pi).sum(dim=-1)
     return entropy, math.log(logits.shape[-1]) - entropy
@@ -169,23 +154,19 @@ def reward_bonus(logits: torch.Tensor, tau: float, regularizer: str) -> torch.Te
     return -tau * kl if regularizer == "kl" else tau * entropy
 
 
-def n_step_advantages(rewards: torch.Tensor, bonuses: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor,
-                      terminated: torch.Tensor, truncated: torch.Tensor, truncation_values: torch.Tensor, gamma: float,
-                      entropy_mode: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def n_step_advantages(rewards, bonuses, values, next_value, terminated, truncated, truncation_values, gamma, entropy_mode):
     """Advantages Delta_t and value targets Vhat_t = V(s_t) + Delta_t of one rollout (eqs. 52-54).
 
-    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or
-    +tau*H_t, from `reward_bonus`), V(s_t), the transition's end flags and, where it was
-    truncated by the time limit, V of the state it was cut at; `next_value` (N,) is V(s_T)
-    after the rollout. Step t's return looks ahead to the rollout's end (T - t steps, the
-    A2C n-step return):
+    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or +tau*H_t, from
+    `reward_bonus`), V(s_t), the transition's end flags and, where it was truncated by the time limit, V of the
+    state it was cut at; `next_value` (N,) is V(s_T) after the rollout. Step t's return looks ahead to the
+    rollout's end (T - t steps, the A2C n-step return):
 
         naive  (eq. 79): Vhat_t = r_t            + gamma * Vhat_{t+1}
         proper (eq. 80): Vhat_t = r_t + bonus_t  + gamma * Vhat_{t+1}     (Delta_t = sum_d gamma^d delta_{t+d}, eq. 52)
 
-    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops
-    the bootstrap; a truncation bootstraps from V of the state it cut at. The two modes
-    differ in the one line marked below and nowhere else.
+    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops the bootstrap; a
+    truncation bootstraps from V of the state it cut at. The modes differ in the line marked below, nowhere else.
     """
     step_rewards = rewards + bonuses if entropy_mode == "proper" else rewards  # <- naive vs proper
     returns = torch.empty_like(rewards)
@@ -197,17 +178,14 @@ def n_step_advantages(rewards: torch.Tensor, bonuses: torch.Tensor, values: torc
     return returns - values, returns
 
 
-def a2c_loss(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
-             value_targets: torch.Tensor, tau: float, regularizer: str,
-             vf_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+def a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, vf_coef):
     """L = L_policy + c * L_value, averaged over the batch (eqs. 84-86):
 
         L_policy = -log pi(a_t|s_t) * Delta_t + tau * KL[pi || pibar](s_t)    (or - tau * H(s_t): same gradient)
         L_value  = 1/2 (V(s_t) - Vhat_t)^2
 
-    Delta_t and Vhat_t are constants (no gradient flows through the targets). Its gradient
-    in the policy parameters is minus the estimator of eq. 79 or 80 (whichever built Delta).
-    Returns the loss and its parts (detached) for logging.
+    Delta_t and Vhat_t are constants (no gradient flows through the targets). Its gradient in the policy parameters
+    is minus the estimator of eq. 79 or 80 (whichever built Delta). Returns the loss and its parts (detached).
     """
     log_pi = F.log_softmax(logits, dim=-1)
     entropy, kl = entropy_and_kl(logits)
@@ -220,9 +198,8 @@ def a2c_loss(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, 
 
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1).
-    Unlike torch.multinomial it does not raise on NaN logits, so a diverged network reaches the
-    loss check of the next update, which names the step."""
+    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1). Unlike torch.multinomial
+    it does not raise on NaN logits: a diverged network reaches the next update's loss check, which names the step."""
     return (logits - torch.empty_like(logits).exponential_(generator=generator).log()).argmax(dim=-1)
 
 
@@ -232,9 +209,7 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torc
     return torch.where(var > 0, 1 - (targets - predictions).var() / var, torch.full_like(var, float("nan")))
 
 
-# ----------------------------------------------------------------------------------------------
-# Section 4: soft Q-learning on the policy and value heads, and its equivalence to the policy gradient
-# ----------------------------------------------------------------------------------------------
+# Section 4: soft Q-learning on the policy and value heads, and its equivalence to the policy gradient ----------------
 
 
 def gscale(x: torch.Tensor, k: float) -> torch.Tensor:
@@ -242,56 +217,47 @@ def gscale(x: torch.Tensor, k: float) -> torch.Tensor:
     return x.detach() + k * (x - x.detach())
 
 
-def soft_q_values(
-    logits: torch.Tensor, values: torch.Tensor, tau: float, value_scale: float = 1.0, advantage_scale: float = 1.0
-) -> torch.Tensor:
-    """Q(s,a) = V(s) + tau * log(pi(a|s) / pibar(a|s)) for every action, shape (N, |A|) (eq. 57 with
-    pi = pi_Q: the policy and value heads define a soft Q-function, a dueling network whose
-    advantage stream is tau log(pi/pibar)). The gradient into the value stream is scaled by
-    `value_scale`, into the advantage stream by `advantage_scale`; forward values are unchanged."""
+def soft_q_values(logits, values, tau, value_scale=1.0, advantage_scale=1.0) -> torch.Tensor:
+    """Q(s,a) = V(s) + tau * log(pi(a|s) / pibar(a|s)) for every action, shape (N, |A|) (eq. 57 with pi = pi_Q: the
+    policy and value heads define a soft Q-function, a dueling network whose advantage stream is tau log(pi/pibar)).
+    The gradient into the value stream is scaled by `value_scale`, into the advantage stream by `advantage_scale`."""
     log_ratio = F.log_softmax(logits, dim=-1) + math.log(logits.shape[-1])  # log(pi / pibar), pibar uniform
     return gscale(values, value_scale)[:, None] + tau * gscale(log_ratio, advantage_scale)
 
 
 def soft_q_target(values: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, tau: float) -> torch.Tensor:
-    """The n-step soft Q target y_t = tau*KL_t + V(s_t) + Delta_t (Section 4; Delta_t the proper
-    mode's n-step advantage of eq. 52), held constant (no gradient, no target network)."""
+    """The n-step soft Q target y_t = tau*KL_t + V(s_t) + Delta_t (Section 4; Delta_t the proper mode's n-step advantage
+    of eq. 52), held constant (no gradient, no target network)."""
     return (tau * kl + values + advantages).detach()
 
 
 def soft_q_scales(tau: float, vf_coef: float, grad_scaling: bool) -> tuple[float, float]:
-    """(value-stream, advantage-stream) gradient scales: (c, 1/tau) with Section 6.3's scaling,
-    which turns E_a[grad L_QL] into the A2C gradient with value coefficient c; (1, 1) without,
-    where E_a[grad L_QL] = tau * (the A2C gradient with c = 1/tau) (eq. 65)."""
+    """(value-stream, advantage-stream) gradient scales: (c, 1/tau) with Section 6.3's scaling, which turns E_a[grad L_QL]
+    into the A2C gradient with value coefficient c; (1, 1) without, where E_a[grad L_QL] = tau * (A2C's with c = 1/tau)
+    (eq. 65)."""
     return (vf_coef, 1.0 / tau) if grad_scaling else (1.0, 1.0)
 
 
-def ql_loss(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, tau: float,
-            vf_coef: float, grad_scaling: bool) -> torch.Tensor:  # fmt: skip
-    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on the sampled
-    actions, with Q from `soft_q_values` (gradients scaled by `soft_q_scales`) and y_t from
-    `soft_q_target`."""
+def ql_loss(logits, values, actions, advantages, tau, vf_coef, grad_scaling) -> torch.Tensor:
+    """1/2 (Q(s_t, a_t) - y_t)^2 averaged over the batch: the soft Q-learning loss on the sampled actions, with Q from
+    `soft_q_values` (gradients scaled by `soft_q_scales`) and y_t from `soft_q_target`."""
     q_values = soft_q_values(logits, values, tau, *soft_q_scales(tau, vf_coef, grad_scaling))
     targets = soft_q_target(values, advantages, entropy_and_kl(logits)[1], tau)
     return 0.5 * (q_values.gather(1, actions[:, None]).squeeze(1) - targets).pow(2).mean()
 
 
-def a2c_loss_like_ql(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
-                     value_targets: torch.Tensor, tau: float, regularizer: str, vf_coef: float,
-                     grad_scaling: bool) -> torch.Tensor:  # fmt: skip
-    """The A2C loss whose gradient `ql_loss`'s equals in expectation (eqs. 58-65): `a2c_loss` with
-    c = vf_coef under Section 6.3's scaling, tau * `a2c_loss` with c = 1/tau without it."""
+def a2c_loss_like_ql(logits, values, actions, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling):
+    """The A2C loss whose gradient `ql_loss`'s equals in expectation (eqs. 58-65): `a2c_loss` with c = vf_coef under
+    Section 6.3's scaling, tau * `a2c_loss` with c = 1/tau without it."""
     scale, c = (1.0, vf_coef) if grad_scaling else (tau, 1.0 / tau)
     return scale * a2c_loss(logits, values, actions, advantages, value_targets, tau, regularizer, c)[0]
 
 
-def expected_losses(logits: torch.Tensor, values: torch.Tensor, deltas: torch.Tensor, tau: float, regularizer: str,
-                    vf_coef: float, grad_scaling: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(QL, PG): `ql_loss` and `a2c_loss_like_ql` with the expectation over a ~ pi(.|s_t) taken exactly, for
-    n-step advantages Delta(s_t, a) (B, |A|) that may depend on the action (the identity holds for any).
-    Each loss that trains is evaluated on every pair (s_t, a) alone (`torch.vmap`), with Delta(s_t, a) and
-    Vhat = V(s_t) + Delta(s_t, a), and summed with weights pi(a|s_t) held constant. Their gradients agree
-    to rounding."""
+def expected_losses(logits, values, deltas, tau, regularizer, vf_coef, grad_scaling) -> tuple[torch.Tensor, torch.Tensor]:
+    """(QL, PG): `ql_loss` and `a2c_loss_like_ql` with the expectation over a ~ pi(.|s_t) taken exactly, for n-step
+    advantages Delta(s_t, a) (B, |A|) that may depend on the action (the identity holds for any). Each loss that trains
+    is evaluated on every pair (s_t, a) alone (`torch.vmap`), with Delta(s_t, a) and Vhat = V(s_t) + Delta(s_t, a), and
+    summed with weights pi(a|s_t) held constant. Their gradients agree to rounding."""
     num_actions = logits.shape[-1]
     logits_sa, values_sa = logits.repeat_interleave(num_actions, 0), values.repeat_interleave(num_actions, 0)
     actions = torch.arange(num_actions, device=logits.device).repeat(len(logits))
@@ -320,18 +286,14 @@ def gradient_agreement(loss_a: torch.Tensor, loss_b: torch.Tensor, params: list)
     return cosine.item(), rel_error.item()
 
 
-def equivalence_check(logits: torch.Tensor, values: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
-                      value_targets: torch.Tensor, tau: float, regularizer: str, vf_coef: float, grad_scaling: bool,
-                      params: list) -> tuple[float, float, float]:  # fmt: skip
-    """How close the QL and PG gradients are on one batch: (cosine, relative error) of the
-    `expected_losses` gradients, which the theorem says agree to rounding, and the cosine of the
-    gradients of the losses that training uses (sampled actions; they agree only in expectation).
-    Gradients are taken in `params`.
+def equivalence_check(logits, values, actions, advantages, value_targets, tau, regularizer, vf_coef, grad_scaling, params):
+    """How close the QL and PG gradients are on one batch: (cosine, relative error) of the `expected_losses` gradients,
+    which the theorem says agree to rounding, and the cosine of the gradients of the losses that training uses
+    (sampled actions; they agree only in expectation). Gradients are taken in `params`.
 
-    It backpropagates four times through `logits` and `values`, so the caller gives it a
-    forward pass of its own (eager): the training update's graph is then backpropagated once,
-    and with --compile no compiled graph is run backward twice (torch 2.13's compiled backward
-    returns wrong gradients the second time, even with retain_graph=True).
+    It backpropagates four times through `logits` and `values`, so the caller gives it a forward pass of its own
+    (eager): the training update's graph is then backpropagated once, and with --compile no compiled graph is run
+    backward twice (torch 2.13's compiled backward returns wrong gradients the second time, even with retain_graph).
     """
     # With one Delta_t per state, E_a[Delta_t grad log pi] = Delta_t sum_a grad pi = 0 on both sides and
     # the policy-gradient term would never be compared: Delta(s_t, a) adds fixed noise per action.
@@ -346,10 +308,9 @@ def equivalence_check(logits: torch.Tensor, values: torch.Tensor, actions: torch
 
 @contextlib.contextmanager
 def ieee_float32():
-    """Float32 convolutions and matmuls at full precision inside the block. cuDNN convolutions
-    default to TF32 on Ampere and later GPUs (10-bit mantissa), whose rounding would lift the
-    check's relative error from float32's ~1e-7 to ~1e-4: the check's figures are float32's on
-    every device. (Training keeps torch's defaults.)"""
+    """Float32 convolutions and matmuls at full precision inside the block. cuDNN convolutions default to TF32 on
+    Ampere and later GPUs (10-bit mantissa), whose rounding would lift the check's relative error from float32's ~1e-7
+    to ~1e-4: the check's figures are float32's on every device. (Training keeps torch's defaults.)"""
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     saved = conv.fp32_precision, matmul.fp32_precision
     conv.fp32_precision = matmul.fp32_precision = "ieee"
@@ -359,9 +320,7 @@ def ieee_float32():
         conv.fp32_precision, matmul.fp32_precision = saved
 
 
-# ----------------------------------------------------------------------------------------------
-# Network, optimizer (TensorFlow's RMSprop), evaluation
-# ----------------------------------------------------------------------------------------------
+# Network and optimizer (TensorFlow's RMSprop) ------------------------------------------------------------------------
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -392,8 +351,7 @@ class ActorCritic(nn.Module):
         self.to(memory_format=torch.channels_last)  # conv weights NHWC once, not converted at every call
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels-last (NHWC) input, like the weights: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md),
-        # same math. The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        # channels-last (NHWC) like the weights: oneDNN's fastest CPU convolutions; converted while still uint8
         hidden = self.trunk(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
         return self.actor(hidden), self.critic(hidden).squeeze(-1)
 
@@ -404,10 +362,8 @@ class RMSpropTF(torch.optim.Optimizer):
         ms <- alpha * ms + (1 - alpha) * g^2      (ms starts at 1, not 0)
         p  <- p - lr * g / sqrt(ms + eps)         (eps inside the square root)
 
-    torch.optim.RMSprop starts ms at 0 and adds eps outside the root: its first step is
-    lr * g / (sqrt(1 - alpha) |g| + eps), about 10 * lr for any gradient, where TensorFlow's is
-    about lr * g. A2C is known to train worse with it on Atari.
-    """
+    torch.optim.RMSprop starts ms at 0 and adds eps outside the root: its first step is about 10 * lr
+    for any gradient, where TensorFlow's is about lr * g. A2C is known to train worse with it on Atari."""
 
     def __init__(self, params, lr: float, alpha: float, eps: float):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps))
@@ -428,50 +384,7 @@ class RMSpropTF(torch.optim.Optimizer):
             torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
 
 
-def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, device: torch.device, seed: int,
-             video_path: Optional[str] = None, stop=False) -> list[float]:  # fmt: skip
-    """Play `eval_episodes` full games (all lives) sampling from the saved policy; return their
-    raw scores. Each env plays a fixed quota of games, so short games are not over-represented."""
-    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
-    agent = ActorCritic(envs.single_action_space.n).to(device)
-    agent.load_state_dict(torch.load(model_path, map_location=device))
-    generator, n = torch.Generator().manual_seed(seed), envs.num_envs
-    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
-    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
-    obs, _ = envs.reset(seed=seed)
-    while not stop and any(len(r) < q for r, q in zip(returns, quota)):  # a StopRequest ends it early
-        with torch.no_grad():
-            actions = sample_actions(agent(torch.from_numpy(obs).to(device))[0].cpu(), generator).numpy()
-        if video_path and not returns[0]:
-            frames.append(obs[0, -1].copy())
-        obs, reward, terminated, truncated, _ = envs.step(actions)
-        running += reward
-        for e in np.flatnonzero(terminated | truncated):
-            if len(returns[e]) < quota[e]:
-                returns[e].append(float(running[e]))
-            running[e] = 0.0
-    envs.close()
-    if video_path:
-        save_gif(frames, video_path)
-    return [r for per_env in returns for r in per_env]
-
-
-# ----------------------------------------------------------------------------------------------
-# identical in all four scripts: tests/test_copies.py. Environment, command line and resume,
-# logging, checkpoints, stop signals, progress, videos: plumbing, not the paper.
-# ----------------------------------------------------------------------------------------------
-
-
-def require(*checks: tuple[bool, str]) -> None:
-    """Raise ValueError with the message of every failed (ok, message) check; tyro shows it,
-    naming the option, and exits with status 2 before anything is built."""
-    failed = [message for ok, message in checks if not ok]
-    if failed:
-        raise ValueError("; ".join(failed))
-
-
-# Building one env is ~0.1 s of C++ that no signal interrupts (0.085 s each for 128 on 2 cores, 2026-12-02).
-MAX_ENVS = 512
+# Environment: DQN-Nature Atari on ale-py's C++ vector env (the same in all four scripts) -----------------------------
 
 
 def ale_game_name(env_id: str) -> str:
@@ -486,13 +399,11 @@ def ale_game_name(env_id: str) -> str:
 
 
 def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
-    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
-    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
-    Rewards are raw (clip them for training; log real scores). Autoreset is SameStep: every step
-    is a real transition, and an ended game's last observation is in info["final_obs"]. With
-    `life_loss_terminal` a lost life sets `terminated` while the game goes on (DQN's
-    EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`.
-    """
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame stack, up to 30
+    no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting). Rewards are raw (clip them for
+    training; log real scores). Autoreset is SameStep: every step is a real transition, and an ended game's last
+    observation is in info["final_obs"]. With `life_loss_terminal` a lost life sets `terminated` while the game
+    goes on (DQN's EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`."""
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(
@@ -508,255 +419,32 @@ def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_ep
 
 
 def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
-    """Which envs started a new game in this step. A truncation always does; a `terminated` is a
-    game over, not a life loss, when the game's frame counter went back or the lives did not
-    drop (each signal alone has a blind spot: a game shorter than the no-op reset, bonus lives).
-    """
+    """Which envs started a new game in this step. A truncation always does; a `terminated` is a game over, not a
+    life loss, when the game's frame counter went back or the lives did not drop (each signal alone has a blind
+    spot: a game shorter than the no-op reset, bonus lives)."""
     frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
     lives_kept = info["lives"] >= prev_info["lives"]
     return truncated | (terminated & (frame_went_back | lives_kept))
 
 
-# The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+# Training: 16 envs x 5 steps per update, by the A2C loss or the soft Q-learning loss ---------------------------------
 
 
-def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
-    """tyro.cli(Args), and the checkpoint with --resume PATH: its saved options are then tyro's
-    defaults, so the command line overrides them in any spelling tyro accepts."""
-    prog = os.path.basename(__file__)
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    peek.add_argument("--resume")
-    path = peek.parse_known_args(argv)[0].resume
-    if path is None:
-        return tyro.cli(Args, args=argv), None
-    if not os.path.isfile(path):
-        sys.exit(f"{prog}: error: --resume {path}: no such checkpoint file")
-    checkpoint = load_checkpoint(path)
-    try:
-        options = checkpoint["args"].keys() ^ {field.name for field in fields(Args)}
-    except Exception:
-        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (it has no options)")
-    if options:
-        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (its options differ: {sorted(options)})")
-    saved = Args.__new__(Args)  # the saved options, unchecked: tyro checks them once the command line is applied
-    vars(saved).update(checkpoint["args"])
-    args = tyro.cli(Args, args=argv, default=saved)
-    fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
-    if fixed:
-        sys.exit(f"{prog}: error: --resume {path}: {', '.join(fixed)} cannot change in a resumed run (it keeps its options)")
-    if args.total_timesteps < (step := checkpoint["global_step"]):
-        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps} is below the checkpoint's step {step}")
-    return args, checkpoint
-
-
-def select_device(cuda: bool) -> tuple[torch.device, str]:
-    """The device to run on, and one line saying which and why (printed, and logged with the
-    hyperparameters): the GPU, or why --cuda found none (no CUDA build, no device, a driver
-    too old for this torch: torch's own warning)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        usable = torch.cuda.is_available()
-    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
-    if cuda and usable:
-        return torch.device("cuda"), f"device: cuda ({torch.cuda.get_device_name()}; {versions})"
-    why = ("--no-cuda" if not cuda else "--cuda: this torch has no CUDA" if torch.version.cuda is None
-           else f"--cuda: no usable GPU ({caught[0].message})" if caught else "--cuda: no GPU found")  # fmt: skip
-    return torch.device("cpu"), f"device: cpu ({versions}; {why})"
-
-
-def start_run(args: Args, checkpoint: Optional[dict], device: str) -> tuple[str, str, SummaryWriter, Optional[str]]:
-    """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
-    runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
-    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step).
-    Each start logs its options and `device` (a resumed run may change a few, and the device)."""
-    prog = os.path.basename(__file__)
-    if checkpoint:
-        run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
-        if not os.access(run_dir, os.W_OK):
-            sys.exit(f"{prog}: error: cannot write to the checkpoint's run directory {run_dir}")
-    else:  # a directory of its own: a run started in the same second (another variant, say) gets a suffix
-        run_name = base = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        for k in range(2, 1000):
-            try:
-                os.makedirs(f"runs/{run_name}")
-                break
-            except FileExistsError:
-                run_name = f"{base}-{k}"
-            except OSError as e:
-                sys.exit(f"{prog}: error: cannot create the run directory runs/{run_name}: {e.strerror}")
-        run_dir = f"runs/{run_name}"
-    config = {**vars(args), "device": device}
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=config,
-            name=run_name,
-            id=checkpoint["wandb_id"] if checkpoint else None,
-            resume="allow",
-            save_code=True,
-        )
-    step = checkpoint["global_step"] if checkpoint else 0
-    writer = SummaryWriter(run_dir, purge_step=step + 1 if checkpoint else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()), step)
-    return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
-
-
-def checksum(x, digest=None) -> str:
-    """SHA-256 of a checkpoint's state: the bytes of each tensor and array, the repr of every other value."""
-    digest = digest or hashlib.sha256()
-    if isinstance(x, dict):
-        for key in sorted(x, key=str):
-            checksum((key, x[key]), digest)
-    elif isinstance(x, (list, tuple)):
-        for item in x:
-            checksum(item, digest)
-    elif isinstance(x, (torch.Tensor, np.ndarray)):
-        digest.update(np.ascontiguousarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).reshape(-1).view(np.uint8))
-    else:
-        digest.update(repr(x).encode())
-    return digest.hexdigest()
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save `state` and its checksum to `path` atomically (write, then rename). A crash, a
-    signal or a full disk mid-write leaves the previous checkpoint intact and no `.tmp`; a failed
-    write stops the run, naming the path and the cause."""
-    tmp, folder = path + ".tmp", os.path.dirname(os.path.abspath(path))
-    try:
-        torch.save({**state, "checksum": checksum(state)}, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        full = os.path.isdir(folder) and shutil.disk_usage(folder).free < 2**20  # before the partial file goes
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if not isinstance(e, (OSError, RuntimeError)):
-            raise
-        cause = "the disk is full" if full else getattr(e, "strerror", None) or str(e).strip().splitlines()[-1]
-        sys.exit(f"{os.path.basename(__file__)}: error: cannot write the checkpoint {path}: {cause}; "
-                 "the previous checkpoint, if any, is intact")  # fmt: skip
-
-
-def load_checkpoint(path: str) -> dict:
-    """The checkpoint at `path`, its checksum verified; one line and exit status 1 when it is not a
-    checkpoint, is truncated, or has changed since it was written. Tensors are memory-mapped from
-    the file (a saved replay memory is not held twice)."""
-    prog, size = os.path.basename(__file__), os.path.getsize(path)
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    if not zipfile.is_zipfile(path):
-        why = "truncated: the write did not finish" if is_zip else "not a checkpoint (not a torch.save archive)"
-        sys.exit(f"{prog}: error: --resume {path}: {why} ({size:,} bytes)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file: trusted
-    except Exception as e:
-        sys.exit(f"{prog}: error: --resume {path}: corrupted, it cannot be read ({str(e).strip().splitlines()[-1]})")
-    saved = checkpoint.pop("checksum", None) if isinstance(checkpoint, dict) else None
-    if saved is not None and saved != checksum(checkpoint):
-        sys.exit(f"{prog}: error: --resume {path}: corrupted: its contents differ from the checksum written with it")
-    return checkpoint
-
-
-def restart_seed(seed: int, global_step: int) -> int:
-    """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
-    checkpoint restarts the games, a seed derived from it and the step, the same in a run that
-    goes on and in one resumed there."""
-    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
-
-
-def crossed(step: int, stride: int, every: int) -> bool:
-    """Whether the last `stride` steps up to `step` crossed a multiple of `every`."""
-    return step // every > (step - stride) // every
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) ask the run to stop at the end of
-    the current update (and an evaluation after its current step), where it writes a final
-    checkpoint and closes its logs. A second signal only says so: an impatient second Ctrl-C
-    must not lose the run. A third stops at once; the last checkpoint on disk stays intact."""
-
-    def __init__(self):
-        self.signum, self.count = None, 0
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        self.count += 1
-        name = signal.Signals(signum).name
-        if self.count == 1:
-            self.signum = signum
-            print(f"\n{name}: stopping after this update, with a checkpoint", file=sys.stderr)
-        elif self.count == 2:
-            print(f"\n{name}: still stopping after this update, to keep it; a third signal stops at once, without it",
-                  file=sys.stderr)  # fmt: skip
-        else:
-            print(f"\n{name}: stopping now; the last checkpoint on disk is intact", file=sys.stderr)
-            sys.exit(128 + signum)
-
-    def exit(self, message: str) -> None:
-        """Say where the run stopped and how to go on; exit with status 128 + signal number."""
-        print(f"{signal.Signals(self.signum).name}: {message}", file=sys.stderr)
-        sys.exit(128 + self.signum)
-
-
-class Progress:
-    """Every 10 s, one plain line (the same on a terminal and in a log file): steps, SPS and
-    ETA over the last 10 s (a run's speed changes: DQN's warm-up is much faster than its
-    training), and the mean return of the last 20 games (`returns`, appended by the loop)."""
-
-    def __init__(self, total: int, step: int, every: float = 10.0):
-        self.total, self.step, self.every, self.time = total, step, every, time.time()
-        self.returns = collections.deque(maxlen=20)
-
-    def __call__(self, step: int) -> None:
-        now = time.time()
-        if now - self.time >= self.every:
-            sps = (step - self.step) / (now - self.time)
-            eta = datetime.timedelta(seconds=round((self.total - step) / max(sps, 1e-9)))
-            ret = f"{np.mean(self.returns):.1f}" if self.returns else "-"
-            print(f"{step:,}/{self.total:,} steps | {sps:,.0f} SPS | return {ret} (last 20 games) | ETA {eta}", flush=True)
-            self.step, self.time = step, now
-
-
-def video_schedule(game_index: int) -> bool:
-    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
-    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
-
-
-def save_gif(frames: list, path: str, fps: int = 15) -> None:
-    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-
-
-if __name__ == "__main__":
+def main():
     args, checkpoint = parse_args()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # until the envs are built (uninterruptible C++), a signal ends it
-    device, device_line = select_device(args.cuda)
-    print(device_line, flush=True)
-    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    print(f"device: {device} (torch {torch.__version__}, CUDA {torch.version.cuda})", flush=True)
+    run_name, run_dir, writer = start_run(args, checkpoint)
+    torch.manual_seed(args.seed)  # the networks' initialization; every other draw has a generator of its own
     torch.backends.cudnn.deterministic = args.torch_deterministic
     generator = torch.Generator().manual_seed(args.seed)  # action sampling, on the host: its state loads on any device
 
     envs = make_env(args.env_id, args.num_envs)
-    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    signal.signal(signal.SIGINT, stop_softly)
+    signal.signal(signal.SIGTERM, stop_softly)
     agent = ActorCritic(envs.single_action_space.n).to(device)
-    # Acting runs `policy_value`; the update backpropagates through the acting passes, so with
-    # --compile the update's backward is compiled too. The time-limit bootstrap (rare, any batch
-    # size) stays eager: compiling it would recompile for every new size.
+    # The update backpropagates through acting's passes: with --compile its backward is compiled too. The
+    # time-limit bootstrap (rare, any batch size) stays eager: compiled, it would recompile for every size.
     policy_value = torch.compile(agent) if args.compile else agent
     optimizer = RMSpropTF(agent.parameters(), lr=args.learning_rate, alpha=args.rmsprop_alpha, eps=args.rmsprop_eps)
 
@@ -766,25 +454,23 @@ if __name__ == "__main__":
     rewards_buf, truncation_values_buf = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=np.float32)
     terminated_buf, truncated_buf = np.zeros((T, N), dtype=bool), np.zeros((T, N), dtype=bool)
 
-    global_step, first_iteration, games_env0, video_frames = 0, 1, 0, []
+    global_step, games_env0, video_frames = 0, 0, []
     if checkpoint:
         agent.load_state_dict(checkpoint["agent"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
         global_step, games_env0 = checkpoint["global_step"], checkpoint["games_env0"]
-        first_iteration = checkpoint["iteration"] + 1
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return, game_length = np.zeros(N), np.zeros(N, dtype=np.int64)
-    progress, start_time, start_step = Progress(num_iterations * batch_size, global_step), time.time(), global_step
+    game_return, game_length, returns = np.zeros(N), np.zeros(N, dtype=np.int64), []
+    start_time, start_step, last_report = time.time(), global_step, [time.time(), global_step]
     checkpoint_path = f"{run_dir}/checkpoint.pt"
-    for iteration in range(first_iteration, num_iterations + 1):
+    for iteration in range(global_step // batch_size + 1, num_iterations + 1):
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * args.learning_rate
         truncation_values_buf[:] = 0.0
 
-        # Acting keeps its autograd graph: the parameters do not change during a rollout, so
-        # backpropagating through the acting forward passes gives the same gradient as a second
-        # forward pass over the rollout would, without that pass.
+        # Acting keeps its autograd graph: the parameters do not change during a rollout, so backpropagating
+        # through acting's forward passes gives the gradient a second pass over the rollout would, without it.
         rollout_logits, rollout_values, rollout_actions, rollout_obs = [], [], [], []
         for t in range(T):
             rollout_obs.append(torch.from_numpy(obs).to(device))
@@ -811,7 +497,7 @@ if __name__ == "__main__":
             for e in np.flatnonzero(restarted):
                 writer.add_scalar("charts/episodic_return", game_return[e], global_step)
                 writer.add_scalar("charts/episodic_length", game_length[e], global_step)
-                progress.returns.append(game_return[e])
+                returns.append(game_return[e])
                 if e == 0:
                     if video_frames:
                         save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
@@ -839,15 +525,13 @@ if __name__ == "__main__":
         loss = q_loss if args.update == "ql" else pg_loss
         if not torch.isfinite(loss):  # stop before the step that would spread it to the parameters
             bad = [f"losses/{k} ({v.item()})" for k, v in parts.items() if not torch.isfinite(v)] or [f"loss ({loss.item()})"]
-            where = f"at global_step {global_step}, update {iteration}"
-            sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} {where}")
+            sys.exit(f"{PROG}: error: non-finite {', '.join(bad)} at global_step {global_step}, update {iteration}")
         if args.equiv_check_every > 0 and iteration % args.equiv_check_every == 0:  # on this batch, before the update,
             with ieee_float32():  # through a forward pass of its own (see equivalence_check), without TF32
                 check_logits, check_values = agent(torch.cat(rollout_obs))
-                cosine, rel_error, cosine_sampled = equivalence_check(
-                    check_logits, check_values, actions, advantages, value_targets, args.tau, args.regularizer,
-                    args.vf_coef, args.grad_scaling, list(agent.parameters()),
-                )  # fmt: skip
+                batch = (check_logits, check_values, actions, advantages, value_targets)
+                hyper = (args.tau, args.regularizer, args.vf_coef, args.grad_scaling)
+                cosine, rel_error, cosine_sampled = equivalence_check(*batch, *hyper, list(agent.parameters()))
             writer.add_scalar("equiv/cosine_expected", cosine, global_step)
             writer.add_scalar("equiv/rel_error_expected", rel_error, global_step)
             writer.add_scalar("equiv/cosine_sampled", cosine_sampled, global_step)
@@ -862,39 +546,173 @@ if __name__ == "__main__":
                 writer.add_scalar(f"losses/{key}", value.item(), global_step)
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        progress(global_step)
+        report(global_step, num_iterations * batch_size, returns, last_report)
 
-        last = iteration == num_iterations
-        if stop.signum or (args.checkpoint_every > 0 and (last or crossed(global_step, batch_size, args.checkpoint_every))):
-            save_checkpoint(checkpoint_path, dict(
-                args=vars(args), run_name=run_name, wandb_id=wandb_id, global_step=global_step, iteration=iteration,
-                games_env0=games_env0, agent=agent.state_dict(), optimizer=optimizer.state_dict(),
-                generator=generator.get_state(),
-            ))  # fmt: skip
-            if stop.signum:
+        every = args.checkpoint_every
+        if STOP or (every > 0 and (iteration == num_iterations or global_step % every < batch_size)):
+            state = dict(args=vars(args), global_step=global_step, games_env0=games_env0)
+            state |= dict(agent=agent.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state())
+            save_checkpoint(checkpoint_path, state)
+            if STOP:
                 break
             # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a run
             # resumed from it (their last rollout bootstrapped from V(s_T), as at a time limit; not logged).
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
-    stopped = stop.signum is not None  # the loop wrote a checkpoint and broke off
+    stopped = bool(STOP)  # the loop wrote a checkpoint and broke off
     envs.close()
-    del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
     if args.save_model and not stopped:
         model_path = f"{run_dir}/{args.exp_name}.cleanrl_model"
         torch.save(agent.state_dict(), model_path)
         print(f"model saved to {model_path}")
         video_path = f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None
-        returns = evaluate(
-            model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path, stop=stop
-        )
-        for idx, episodic_return in enumerate(returns):
+        eval_returns = evaluate(model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path)
+        for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
-        print(f"eval: mean episodic return {np.mean(returns or [np.nan]):.2f} over {len(returns)} games")
+        print(f"eval: mean episodic return {np.mean(eval_returns or [np.nan]):.2f} over {len(eval_returns)} games")
     writer.close()
-    if stopped:
-        go_on = f"python {os.path.basename(__file__)} --resume {checkpoint_path}"
-        stop.exit(f"checkpoint written at global_step {global_step}; continue with: {go_on}")
-    if stop:  # during the evaluation
-        stop.exit(f"evaluation stopped after {len(returns)} of {args.eval_episodes} games; the model is in {model_path}")
+    if STOP:  # after the checkpoint, or during the evaluation (which a signal cuts short)
+        then = f"continue with: python {PROG} --resume {checkpoint_path}" if stopped else "evaluation cut short"
+        print(f"{signal.Signals(STOP['signum']).name}: {then}", file=sys.stderr)
+        sys.exit(128 + STOP["signum"])
+
+
+def evaluate(model_path, env_id, eval_episodes, num_envs, device, seed, video_path=None) -> list[float]:
+    """Play `eval_episodes` full games (all lives) sampling from the saved policy; return their
+    raw scores. Each env plays a fixed quota of games, so short games are not over-represented."""
+    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
+    agent = ActorCritic(envs.single_action_space.n).to(device)
+    agent.load_state_dict(torch.load(model_path, map_location=device))
+    generator, n = torch.Generator().manual_seed(seed), envs.num_envs
+    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
+    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
+    obs, _ = envs.reset(seed=seed)
+    while not STOP and any(len(r) < q for r, q in zip(returns, quota)):  # a signal (STOP) ends it early
+        with torch.no_grad():
+            actions = sample_actions(agent(torch.from_numpy(obs).to(device))[0].cpu(), generator).numpy()
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
+
+
+# identical in all four scripts: tests/test_copies.py. Plumbing, not the paper: resume, checkpoints, signals. ---------
+
+MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+STOP = {}  # "signum": the first SIGINT or SIGTERM, once it came (`stop_softly`)
+PROG = os.path.basename(__file__)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
+    """tyro.cli(Args); with --resume, also the checkpoint, whose options become the defaults (but MAY_CHANGE's)."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--resume")
+    path = peek.parse_known_args(argv)[0].resume
+    if path is None:
+        return tyro.cli(Args, args=argv), None
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("args", {}).keys() != {f.name for f in fields(Args)}:
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint of this script")
+    saved = Args.__new__(Args)  # unchecked: tyro checks the options once the command line is applied
+    vars(saved).update(checkpoint["args"])
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in MAY_CHANGE and v != vars(saved)[k]]
+    if changed:
+        sys.exit(f"{PROG}: error: --resume {path}: {', '.join(changed)} cannot change in a resumed run")
+    return args, checkpoint
+
+
+def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter]:
+    """(run_name, run_dir, TensorBoard writer). A new run gets runs/{run_name} of its own; a resumed one appends
+    to its checkpoint's directory (and wandb run), and TensorBoard drops what was logged after the checkpoint."""
+    if checkpoint:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_dir = f"runs/{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        try:
+            os.makedirs(run_dir)
+        except FileExistsError:  # another run started in the same second
+            run_dir += f"-{os.getpid()}"
+    run_name = os.path.basename(run_dir)
+    if args.track:
+        import wandb
+
+        kwargs = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
+        wandb.init(**kwargs, sync_tensorboard=True, name=run_name, id=run_name, resume="allow")
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return run_name, run_dir, writer
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save to PATH.tmp, then rename: a crash, a signal or a full disk mid-write leaves the last one intact."""
+    try:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # a full disk, say
+        sys.exit(f"{PROG}: error: cannot write {path} ({e}); the previous checkpoint is intact, {path}.tmp may be partial")
+
+
+def load_checkpoint(path: str) -> dict:
+    """The checkpoint at `path` once zipfile has checked its CRC-32s (torch.load does not); else one line, exit 1."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if damaged := archive.testzip():
+                raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
+    except (OSError, zipfile.BadZipFile) as e:
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint, or damaged ({e})")
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file; tensors not read twice
+
+
+def restart_seed(seed: int, global_step: int) -> int:
+    """The envs' seed at `global_step` (a checkpoint restarts the games): the same in a run and in its resumption."""
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
+
+
+def stop_softly(signum, frame) -> None:
+    """The SIGINT (Ctrl-C) and SIGTERM (preemption) handler, set once the envs are built: the first lets the run
+    finish its update and write a checkpoint (STOP is then set); a second exits at once, the checkpoint intact."""
+    if STOP:
+        sys.exit(128 + signum)
+    STOP["signum"] = signum
+    print(f"\n{signal.Signals(signum).name}: stopping after this update, with a checkpoint", file=sys.stderr)
+
+
+def report(step: int, total: int, returns: list, last: list, learning_starts: int = 0) -> None:
+    """Every 10 s one line: steps, SPS and ETA over the last 10 s (`last` = [time, step], updated), the mean return
+    of the last 20 games. No ETA before learning starts (DQN's warm-up is much faster than its training)."""
+    now = time.time()
+    if now - last[0] >= 10:
+        sps = (step - last[1]) / (now - last[0])
+        eta = datetime.timedelta(seconds=round((total - step) / max(sps, 1e-9)))
+        eta = f"ETA {eta}" if last[1] >= learning_starts else f"learning from step {learning_starts:,}, then an ETA"
+        mean = np.mean(returns[-20:] or [np.nan])
+        print(f"{step:,}/{total:,} steps | {sps:,.0f} SPS | return {mean:.1f} (last 20 games) | {eta}", flush=True)
+        last[:] = now, step
+
+
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
+
+
+def save_gif(frames: list, path: str, fps: int = 15) -> None:
+    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+if __name__ == "__main__":
+    main()
