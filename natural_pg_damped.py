@@ -1,41 +1,33 @@
 """Damped soft Q-learning as a natural policy gradient step, on Atari.
 
-Section 5 of "Equivalence Between Policy Gradients and Soft Q-Learning" (Schulman, Chen, Abbeel
-2017) is theory without an experiment: this script runs it and measures the theorem on every
-batch. Each iteration collects a rollout with pi_old, computes the entropy-regularized n-step
-advantages Delta_t with V_old (eqs. 52-54), takes one policy step, then refits V:
+Section 5 of "Equivalence Between Policy Gradients and Soft Q-Learning" (Schulman, Chen, Abbeel 2017) is theory
+without an experiment: this script runs it and measures the theorem on every batch. Each iteration collects a rollout
+with pi_old, computes the advantages Delta_t with V_old (eqs. 52-54), takes one policy step, then refits V:
 
     --solver damped-q: fit Q_theta(s,a) = V_old(s) + tau log(pi_theta(a|s)/pibar(a|s)), V_old frozen, to
                        Qhat^eps_t = Q_old(s_t,a_t) + eps (Qhat_t - Q_old(s_t,a_t)) by Adam   (eqs. 74-77)
     --solver npg:      theta <- theta_old + (eps/tau) F^-1 Psi^T A / B by conjugate gradient  (eqs. 66-71)
 
-with psi_t = grad log pi(a_t|s_t), A_t the entropy-regularized advantage (eq. 71), B the batch size.
-Term by term Q_theta - Qhat^eps = tau ((log pi_theta - log pi_old)(a_t|s_t) - (eps/tau) A_t) (eq. 78):
-the damped regression is the natural-gradient regression. The npg/* charts say how close the steps
-taken are to the CG natural step (damped-q computes it every --diagnostic-every iterations). Policy
-and V are separate networks: the theorem holds V fixed during the policy step. Equations:
-docs/paper.md; the charts, and why --cg-damping 0.1: docs/natural_pg_damped.md.
+with psi_t = grad log pi(a_t|s_t), A_t the entropy-regularized advantage (eq. 71), B the batch size. Term by term
+Q_theta - Qhat^eps = tau ((log pi_theta - log pi_old)(a_t|s_t) - (eps/tau) A_t) (eq. 78): the damped regression is
+the natural-gradient regression. The npg/* charts say how close the steps taken are to the CG natural step (damped-q
+computes it every --diagnostic-every iterations). Policy and V are separate networks: the theorem holds V fixed during
+the policy step. Equations: docs/paper.md; the charts, and why --cg-damping 0.1: docs/natural_pg_damped.md.
 
 Run:
     python natural_pg_damped.py --solver damped-q --eps 0.5     # fit Q to the damped target, V frozen
     python natural_pg_damped.py --solver npg --eps 0.5          # natural gradient by conjugate gradient
     python natural_pg_damped.py --solver npg --fisher exact --max-kl None --eps 0.01   # true Fisher, no trust region
-    tensorboard --logdir runs
 """
 
 import argparse
-import collections
 import datetime
-import hashlib
 import math
 import os
-import random
 import re
-import shutil
 import signal
 import sys
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from typing import Callable, Literal, NamedTuple, Optional
@@ -92,8 +84,7 @@ class Args:
     fvp_fraction: float = 1.0
     """the fraction of the batch, drawn at random, that CG's Fisher-vector products use (TRPO: 0.1); the gradient uses all"""
     diagnostic_every: int = 50
-    """damped-q: compute the CG natural step to compare with (the npg/cosine_* charts) every this many iterations
-    (50: every 16,000 agent steps at 16 envs x 20 steps; the comparison takes about two iterations' time)"""
+    """damped-q: every this many iterations, also compute the CG natural step to compare with (npg/cosine_*; ~2 iterations)"""
     cg_damping: float = 0.1
     """lambda: npg solves (F + lambda I) x = g, damped-q adds tau^2 lambda/2 ||theta - theta_old||^2 (Psi^T Psi is singular)"""
     max_kl: Optional[float] = 0.01
@@ -123,42 +114,36 @@ class Args:
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint, with its options (those in RESUME_MAY_CHANGE may change)"""
+    """continue the run saved in this checkpoint with its options; only --total-timesteps, --checkpoint-every, --track,
+    --cuda and --compile may be given"""
 
     def __post_init__(self):
-        """Reject what would fail late or silently (tyro prints the message and exits 2)."""
+        """Reject what would crash the envs, fail late or train silently wrong (tyro shows it and exits 2)."""
         ale_game_name(self.env_id)
         rollout = self.num_envs * self.num_steps
-        require(
-            (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
-            (0 < self.eps <= 1, f"--eps must be in (0, 1], got {self.eps}"),
-            (self.tau > 0 and math.isfinite(self.tau), f"--tau must be a finite number > 0, got {self.tau}"),
-            (self.cg_iters >= 1 and self.diagnostic_every >= 1, "--cg-iters and --diagnostic-every must be >= 1"),
-            (0 < self.fvp_fraction <= 1, f"--fvp-fraction must be in (0, 1], got {self.fvp_fraction}"),
-            (self.cg_damping >= 0 and math.isfinite(self.cg_damping), "--cg-damping must be a finite number >= 0"),
-            (self.max_kl is None or (self.max_kl > 0 and math.isfinite(self.max_kl)), "--max-kl must be a finite number > 0"),
-            (self.policy_epochs >= 1, "--policy-epochs must be >= 1"),
-            (self.value_epochs >= 1, "--value-epochs must be >= 1"),
-            (self.policy_lr > 0 and math.isfinite(self.policy_lr), "--policy-lr must be a finite number > 0"),
-            (self.value_lr > 0 and math.isfinite(self.value_lr), "--value-lr must be a finite number > 0"),
-            (self.num_steps >= 1, "--num-steps must be >= 1"),
-            (1 <= self.num_envs <= MAX_ENVS, f"--num-envs must be in [1, {MAX_ENVS}]: each env takes ~0.1 s to build"),
-            (1 <= self.num_minibatches <= rollout, f"--num-minibatches must be in [1, num-envs * num-steps = {rollout}]"),
-            (self.total_timesteps >= rollout, f"--total-timesteps must be >= one rollout ({rollout} steps)"),
-            (0 <= self.gamma <= 1, f"--gamma must be in [0, 1], got {self.gamma}"),
-            (self.eval_episodes >= 1, "--eval-episodes must be >= 1"),
-            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0 (0: only on SIGINT/SIGTERM)"),
-        )  # fmt: skip
+        checks = {
+            "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)": 0 <= self.seed < 2**31 - 2**16,
+            f"--eps must be in (0, 1], got {self.eps}": 0 < self.eps <= 1,
+            f"--tau must be a finite number > 0, got {self.tau}": 0 < self.tau < math.inf,
+            "--cg-iters and --diagnostic-every must be >= 1": min(self.cg_iters, self.diagnostic_every) >= 1,
+            "--max-kl must be a finite number > 0": self.max_kl is None or 0 < self.max_kl < math.inf,
+            "--policy-epochs and --value-epochs must be >= 1": min(self.policy_epochs, self.value_epochs) >= 1,
+            "--num-envs and --num-steps must be >= 1": min(self.num_envs, self.num_steps) >= 1,
+            f"--num-minibatches must be in [1, num-envs * num-steps = {rollout}]": 1 <= self.num_minibatches <= rollout,
+            f"--total-timesteps must be >= --num-envs * --num-steps = {rollout}": self.total_timesteps >= rollout,
+            f"--gamma must be in [0, 1], got {self.gamma}": 0 <= self.gamma <= 1,
+            "--eval-episodes must be >= 1": self.eval_episodes >= 1,
+        }
+        if not all(checks.values()):
+            raise ValueError("; ".join(message for message, ok in checks.items() if not ok))
 
 
-# ----------------------------------------------------------------------------------------------
-# The paper's math (uniform reference policy pibar = 1/|A| throughout)
-# ----------------------------------------------------------------------------------------------
+# The paper's math (uniform reference policy pibar = 1/|A| throughout) ------------------------------------------------
 
 
 def entropy_and_kl(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26 with
-    pibar uniform), over the last axis of the policy's logits."""
+    """H(pi(.|s)) and KL[pi || pibar](s) = sum_a pi log(pi / pibar) = log|A| - H (eq. 26, pibar uniform), over the last
+    axis of the policy's logits."""
     log_pi = F.log_softmax(logits, dim=-1)
     entropy = -(log_pi.exp() * log_pi).sum(dim=-1)
     return entropy, math.log(logits.shape[-1]) - entropy
@@ -171,23 +156,19 @@ def reward_bonus(logits: torch.Tensor, tau: float, regularizer: str) -> torch.Te
     return -tau * kl if regularizer == "kl" else tau * entropy
 
 
-def n_step_advantages(rewards: torch.Tensor, bonuses: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor,
-                      terminated: torch.Tensor, truncated: torch.Tensor, truncation_values: torch.Tensor, gamma: float,
-                      entropy_mode: str) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def n_step_advantages(rewards, bonuses, values, next_value, terminated, truncated, truncation_values, gamma, entropy_mode):
     """Advantages Delta_t and value targets Vhat_t = V(s_t) + Delta_t of one rollout (eqs. 52-54).
 
-    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or
-    +tau*H_t, from `reward_bonus`), V(s_t), the transition's end flags and, where it was
-    truncated by the time limit, V of the state it was cut at; `next_value` (N,) is V(s_T)
-    after the rollout. Step t's return looks ahead to the rollout's end (T - t steps, the
-    A2C n-step return):
+    Inputs are (T, N) over rollout steps t and envs: reward r_t, bonus(s_t) (-tau*KL_t or +tau*H_t, from
+    `reward_bonus`), V(s_t), the transition's end flags and, where it was truncated by the time limit, V of the
+    state it was cut at; `next_value` (N,) is V(s_T) after the rollout. Step t's return looks ahead to the
+    rollout's end (T - t steps, the A2C n-step return):
 
         naive  (eq. 79): Vhat_t = r_t            + gamma * Vhat_{t+1}
         proper (eq. 80): Vhat_t = r_t + bonus_t  + gamma * Vhat_{t+1}     (Delta_t = sum_d gamma^d delta_{t+d}, eq. 52)
 
-    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops
-    the bootstrap; a truncation bootstraps from V of the state it cut at. The two modes
-    differ in the one line marked below and nowhere else.
+    with Vhat_T = V(s_T). A termination (a lost life or a game over) cuts the sum and drops the bootstrap; a
+    truncation bootstraps from V of the state it cut at. The modes differ in the line marked below, nowhere else.
     """
     step_rewards = rewards + bonuses if entropy_mode == "proper" else rewards  # <- naive vs proper
     returns = torch.empty_like(rewards)
@@ -200,22 +181,17 @@ def n_step_advantages(rewards: torch.Tensor, bonuses: torch.Tensor, values: torc
 
 
 def log_ratio(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log(pi(a_t|s_t) / pibar(a_t|s_t)) for each row of `logits` (B, |A|) and its action (B,): the
-    advantage stream of Q = V + tau log(pi/pibar) (eq. 57)."""
+    """log(pi(a_t|s_t) / pibar(a_t|s_t)) per row of `logits` (B, |A|) and action (B,): Q's advantage stream (eq. 57)."""
     return F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1) + math.log(logits.shape[-1])
 
 
-def regularized_advantages(
-    advantages: torch.Tensor, logits_old: torch.Tensor, actions: torch.Tensor, tau: float
-) -> torch.Tensor:
+def regularized_advantages(advantages, logits_old, actions, tau) -> torch.Tensor:
     """A_t = Delta_t - tau (log(pi_old(a_t|s_t)/pibar(a_t|s_t)) - KL[pi_old || pibar](s_t)) (eqs. 71, 78):
     Psi^T A / B is the entropy-regularized policy gradient, the KL term's gradient in score-function form."""
     return advantages - tau * (log_ratio(logits_old, actions) - entropy_and_kl(logits_old)[1])
 
 
-def damped_q_target(
-    values_old: torch.Tensor, logits_old: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, tau: float, eps: float
-) -> torch.Tensor:
+def damped_q_target(values_old, logits_old, actions, advantages, tau, eps) -> torch.Tensor:
     """Qhat^eps_t = Q_old(s_t,a_t) + eps (Qhat_t - Q_old(s_t,a_t)) (eqs. 74-76), Q_old = V_old + tau log(pi_old/pibar)
     (eq. 57) and Qhat_t = V_old(s_t) + tau KL_old(s_t) + Delta_t the n-step soft Q target of Section 4.
     eps = 1 is plain soft Q-learning with V held fixed (eqs. 72-73), not a natural gradient step."""
@@ -224,9 +200,7 @@ def damped_q_target(
     return (q_old + eps * (q_hat - q_old)).detach()
 
 
-def damped_q_loss(
-    logits: torch.Tensor, values_old: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor, tau: float
-) -> torch.Tensor:
+def damped_q_loss(logits, values_old, actions, targets, tau) -> torch.Tensor:
     """1/2 mean_t (Q_theta(s_t,a_t) - Qhat^eps_t)^2 with Q_theta = V_old + tau log(pi_theta/pibar) and V_old
     held constant (eq. 77): the damped soft Q-learning regression, in the policy only."""
     q = values_old.detach() + tau * log_ratio(logits, actions)
@@ -239,9 +213,7 @@ def proximal_term(params: list, params_old: list, tau: float, damping: float) ->
     return 0.5 * tau**2 * damping * sum((p - q).pow(2).sum() for p, q in zip(params, params_old))
 
 
-def npg_residual(
-    logits: torch.Tensor, logits_old: torch.Tensor, actions: torch.Tensor, reg_advantages: torch.Tensor, tau: float, eps: float
-) -> torch.Tensor:
+def npg_residual(logits, logits_old, actions, reg_advantages, tau, eps) -> torch.Tensor:
     """r_t = (log pi_theta - log pi_old)(a_t|s_t) - (eps/tau) A_t, the residual of the entropy-regularized
     natural-gradient regression (eqs. 68, 71): Q_theta - Qhat^eps = tau r_t (eq. 78), and linearized in
     w = theta - theta_old, r = Psi w - (eps/tau) A is eq. 66's least-squares residual."""
@@ -285,37 +257,29 @@ def logit_fisher(logits: torch.Tensor, actions: torch.Tensor, fisher: str) -> Ca
     return lambda d: p * d - p * (p * d).sum(dim=-1, keepdim=True)
 
 
-def fisher_vector_product(
-    jv: Callable, jtu: Callable, logits: torch.Tensor, actions: torch.Tensor, fisher: str, damping: float
-) -> Callable:
-    """v -> (F + damping I) v, matrix-free: F v = J^T M J v / B (`logit_fisher`'s M), one forward-mode and
-    one reverse-mode pass per product."""
+def fisher_vector_product(jv, jtu, logits, actions, fisher, damping) -> Callable:
+    """v -> (F + damping I) v, matrix-free: F v = J^T M J v / B (`logit_fisher`'s M), a forward- and a reverse-mode pass."""
     weigh = logit_fisher(logits, actions, fisher)
     return lambda v: jtu(weigh(jv(v)) / logits.shape[0]) + damping * v
 
 
 def fisher_cosine(du: torch.Tensor, dv: torch.Tensor, weigh: Callable) -> torch.Tensor:
-    """u^T F v / sqrt(u^T F u v^T F v), the cosine of parameter vectors u, v in the Fisher metric, from their
-    logit changes du = J u, dv = J v and `logit_fisher`'s M."""
+    """u^T F v / sqrt(u^T F u v^T F v), the Fisher-metric cosine of u and v, from du = J u, dv = J v and `logit_fisher`'s M."""
     uv, uu, vv = (du * weigh(dv)).sum(), (du * weigh(du)).sum(), (dv * weigh(dv)).sum()
     return uv / (uu * vv).sqrt()
 
 
 def policy_gradient(jtu: Callable, logits: torch.Tensor, actions: torch.Tensor, reg_advantages: torch.Tensor) -> torch.Tensor:
-    """g = Psi^T A / B = sum_t psi_t A_t / B (eq. 66's right-hand side); with eq. 71's A_t, the gradient
-    of the entropy-regularized return."""
+    """g = Psi^T A / B = sum_t psi_t A_t / B (eq. 66's right side); with eq. 71's A_t, the entropy-regularized gradient."""
     score = F.one_hot(actions, logits.shape[-1]).to(logits.dtype) - torch.softmax(logits, dim=-1)
     return jtu(score * reg_advantages[:, None] / logits.shape[0])
 
 
 def conjugate_gradient(matvec: Callable, b: torch.Tensor, iters: int, tol: float = 1e-10) -> tuple[torch.Tensor, float]:
-    """Solve A x = b (A symmetric positive definite, given as x -> A x) from x = 0 in at most `iters`
-    iterations. Returns x and the relative residual ||b - A x|| / ||b||."""
-    x = torch.zeros_like(b)
-    r = b.clone()
-    d = r.clone()
-    rr = r.dot(r)
-    b_norm = b.norm()
+    """Solve A x = b (A symmetric positive definite, given as x -> A x) from x = 0 in at most `iters` iterations.
+    Returns x and the relative residual ||b - A x|| / ||b||."""
+    x, r, d = torch.zeros_like(b), b.clone(), b.clone()
+    rr, b_norm = r.dot(r), b.norm()
     if b_norm == 0:
         return x, 0.0
     for _ in range(iters):
@@ -337,19 +301,17 @@ def mean_kl(logits_old: torch.Tensor, logits_new: torch.Tensor) -> torch.Tensor:
 
 
 def quadratic_kl(logits: torch.Tensor, d_logits: torch.Tensor) -> float:
-    """1/2 s^T F s with F the exact Fisher, the KL's Hessian: the second-order model of the mean
-    KL(pi_old || pi_{theta_old + s}), from the logit change d = J s. Per state it is 1/2 d^T (diag(p) - p p^T) d
-    = 1/2 Var_{a ~ pi_old}(d_a). The empirical Fisher would not do: with more parameters than samples its
-    quadratic overstates the KL (tests)."""
+    """1/2 s^T F s (F the exact Fisher, the KL's Hessian): the quadratic model of the mean KL(pi_old || pi_{theta_old + s})
+    from the logit change d = J s; per state 1/2 d^T (diag(p) - p p^T) d = 1/2 Var_{a ~ pi_old}(d_a). The empirical
+    Fisher would not do: with more parameters than samples its quadratic overstates the KL (tests)."""
     p = torch.softmax(logits, dim=-1)
     return (0.5 * ((p * d_logits**2).sum(-1) - (p * d_logits).sum(-1) ** 2)).mean().item()
 
 
 def kl_backtrack(kl_of: Callable, max_kl: float, start: float = 1.0, tries: int = 10) -> tuple[float, float]:
     """A fraction f of a step whose KL, kl_of(f), is at most max_kl: `start`, and after each try over it
-    f * 0.95 sqrt(max_kl / kl_of(f)), where the KL, quadratic in f near 0, would be 0.9 max_kl (halving
-    f if the KL is not finite). Halving alone, as TRPO does, would quarter the KL of a first try that
-    overshoots by 1%. Returns (f, kl_of(f)), or (0, 0) after `tries` tries (the policy stays)."""
+    f * 0.95 sqrt(max_kl / kl_of(f)), where the KL, quadratic in f near 0, would be 0.9 max_kl (f / 2 if the KL is not
+    finite; TRPO's halving would quarter a 1% overshoot). Returns (f, kl_of(f)), or (0, 0) after `tries` tries."""
     fraction = start
     for _ in range(tries):
         kl = kl_of(fraction)
@@ -360,9 +322,8 @@ def kl_backtrack(kl_of: Callable, max_kl: float, start: float = 1.0, tries: int 
 
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1).
-    Unlike torch.multinomial it does not raise on NaN logits, so a diverged network reaches the
-    loss check of the next update, which names the step."""
+    """a ~ pi(.|s) = softmax(logits) by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1). Unlike torch.multinomial
+    it does not raise on NaN logits: a diverged network reaches the next update's loss check, which names the step."""
     return (logits - torch.empty_like(logits).exponential_(generator=generator).log()).argmax(dim=-1)
 
 
@@ -372,9 +333,7 @@ def explained_variance(predictions: torch.Tensor, targets: torch.Tensor) -> torc
     return torch.where(var > 0, 1 - (targets - predictions).var() / var, torch.full_like(var, float("nan")))
 
 
-# ----------------------------------------------------------------------------------------------
-# The policy step: npg or damped-q, each measured against the CG natural step
-# ----------------------------------------------------------------------------------------------
+# The policy step: npg or damped-q, each measured against the CG natural step -----------------------------------------
 
 
 class Batch(NamedTuple):
@@ -393,22 +352,19 @@ class Batch(NamedTuple):
 
 
 def natural_step(b: Batch, args: Args) -> tuple[torch.Tensor, float]:
-    """s = (eps/tau) x, (F + lambda I) x = g = Psi^T A / B (eqs. 66-71, lambda = --cg-damping), x by
-    --cg-iters of conjugate gradient on Fisher-vector products (F estimated on --fvp-fraction of the batch,
-    g on all of it); and CG's relative residual."""
+    """s = (eps/tau) x, (F + lambda I) x = g = Psi^T A / B (eqs. 66-71, lambda = --cg-damping), x by --cg-iters of
+    conjugate gradient (F on --fvp-fraction of the batch, g on all of it); and CG's relative residual."""
     g = policy_gradient(b.jtu, b.logits_old, b.actions, b.reg_advantages)
     direction, cg_residual = conjugate_gradient(b.fvp, g, args.cg_iters)
     return (args.eps / args.tau) * direction, cg_residual
 
 
 @torch.no_grad()
-def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Tensor, fraction: float,
-                natural: Optional[torch.Tensor], cg_residual: float, args: Args) -> dict:  # fmt: skip
-    """The trust region, then what the loop logs. With --max-kl the policy goes to theta_old + f step, f
-    found by backtracking from `fraction` until the mean KL(pi_old || pi) on the batch is within it
-    (`kl_backtrack`). Logged, on the batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual
-    (eq. 68), the entropy, the KL, and (when the CG `natural` step was computed) the length ratio of the
-    step taken to it and, if a step was taken, their cosine in parameter space and in the Fisher metric."""
+def finish_step(policy, policy_fn, b, step, fraction, natural, cg_residual, args) -> dict:
+    """The trust region, then what the loop logs. With --max-kl the policy goes to theta_old + f step, f found by
+    backtracking from `fraction` until the batch's mean KL(pi_old || pi) is within it (`kl_backtrack`). Logged, on the
+    batch: the damped-Q loss (eq. 77), the RMS natural-gradient residual (eq. 68), the entropy, the KL, and (when the CG
+    `natural` step was computed) the step's length ratio to it and, if a step was taken, their cosines (plain, Fisher)."""
     tried = {}  # fraction -> the policy's logits on the batch there
     if args.max_kl is not None:
 
@@ -436,16 +392,13 @@ def finish_step(policy: nn.Module, policy_fn: Callable, b: Batch, step: torch.Te
     if fraction == 0:  # the trust region kept theta_old: no step, no direction to compare
         return logs
     weigh = logit_fisher(b.logits_old.double(), b.actions, args.fisher)
-    return logs | {
-        "npg/cosine_step": t.dot(s) / (t.norm() * s.norm()),
-        "npg/cosine_step_fisher": fisher_cosine(b.jv(taken).double(), b.jv(natural).double(), weigh),
-    }
+    cosine_fisher = fisher_cosine(b.jv(taken).double(), b.jv(natural).double(), weigh)
+    return logs | {"npg/cosine_step": t.dot(s) / (t.norm() * s.norm()), "npg/cosine_step_fisher": cosine_fisher}
 
 
 def npg_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args) -> dict:
-    """--solver npg: theta <- theta_old + f s, s the CG natural step (eqs. 66-71). With --max-kl the first
-    f is where the KL's quadratic model (`quadratic_kl`, exact Fisher whatever --fisher) reaches it, as in
-    TRPO; `finish_step` backtracks from there. Returns the logs."""
+    """--solver npg: theta <- theta_old + f s, s the CG natural step (eqs. 66-71). With --max-kl f starts where the KL's
+    quadratic model (`quadratic_kl`, exact Fisher whatever --fisher) reaches it, as in TRPO; `finish_step` backtracks."""
     natural, cg_residual = natural_step(b, args)
     fraction = 1.0
     if args.max_kl is not None:
@@ -457,9 +410,8 @@ def npg_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args) -> di
 
 def damped_q_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args, shuffle: torch.Generator) -> dict:
     """--solver damped-q: from theta_old, --policy-epochs passes of a fresh Adam over minibatches of
-    1/2 mean (Q_theta - Qhat^eps)^2 + tau^2 lambda/2 ||theta - theta_old||^2 (eq. 77 and `proximal_term`),
-    V_old frozen. By eq. 78 its Gauss-Newton step is the CG natural step, computed to compare with when
-    the batch has the Jacobian (every --diagnostic-every iterations). Returns the logs."""
+    1/2 mean (Q_theta - Qhat^eps)^2 + tau^2 lambda/2 ||theta - theta_old||^2 (eq. 77 and `proximal_term`), V_old frozen.
+    By eq. 78 its Gauss-Newton step is the CG natural step, compared with every --diagnostic-every iterations."""
     natural, cg_residual = natural_step(b, args) if b.jv is not None else (None, math.nan)
     params_old = [p.detach().clone() for p in policy.parameters()]
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_lr, eps=1e-5, fused=True)  # one kernel, all tensors
@@ -475,9 +427,7 @@ def damped_q_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args, 
     return finish_step(policy, policy_fn, b, step, 1.0, natural, cg_residual, args)
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks (the policy and V are separate: see the module docstring), evaluation
-# ----------------------------------------------------------------------------------------------
+# Networks (the policy and V are separate: see the module docstring) --------------------------------------
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -507,55 +457,11 @@ class NatureCNN(nn.Module):
         self.to(memory_format=torch.channels_last)  # conv weights NHWC once, not converted at every call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) input, like the weights: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md),
-        # same math. The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        # channels-last (NHWC) like the weights: oneDNN's fastest CPU convolutions; converted while still uint8
         return self.net(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
 
 
-def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, device: torch.device, seed: int,
-             video_path: Optional[str] = None, stop=False) -> list[float]:  # fmt: skip
-    """Play `eval_episodes` full games (all lives) sampling from the saved policy; return their raw
-    scores. Each env plays a fixed quota of games, so short games are not over-represented."""
-    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
-    policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
-    policy.load_state_dict(torch.load(model_path, map_location=device)["policy"])
-    generator, n = torch.Generator().manual_seed(seed), envs.num_envs
-    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
-    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
-    obs, _ = envs.reset(seed=seed)
-    while not stop and any(len(r) < q for r, q in zip(returns, quota)):  # a StopRequest ends it early
-        with torch.no_grad():
-            actions = sample_actions(policy(torch.from_numpy(obs).to(device)).cpu(), generator).numpy()
-        if video_path and not returns[0]:
-            frames.append(obs[0, -1].copy())
-        obs, reward, terminated, truncated, _ = envs.step(actions)
-        running += reward
-        for e in np.flatnonzero(terminated | truncated):
-            if len(returns[e]) < quota[e]:
-                returns[e].append(float(running[e]))
-            running[e] = 0.0
-    envs.close()
-    if video_path:
-        save_gif(frames, video_path)
-    return [r for per_env in returns for r in per_env]
-
-
-# ----------------------------------------------------------------------------------------------
-# identical in all four scripts: tests/test_copies.py. Environment, command line and resume,
-# logging, checkpoints, stop signals, progress, videos: plumbing, not the paper.
-# ----------------------------------------------------------------------------------------------
-
-
-def require(*checks: tuple[bool, str]) -> None:
-    """Raise ValueError with the message of every failed (ok, message) check; tyro shows it,
-    naming the option, and exits with status 2 before anything is built."""
-    failed = [message for ok, message in checks if not ok]
-    if failed:
-        raise ValueError("; ".join(failed))
-
-
-# Building one env is ~0.1 s of C++ that no signal interrupts (0.085 s each for 128 on 2 cores, 2026-12-02).
-MAX_ENVS = 512
+# Environment: DQN-Nature Atari on ale-py's C++ vector env (the same in all four scripts) -----------------------------
 
 
 def ale_game_name(env_id: str) -> str:
@@ -570,20 +476,17 @@ def ale_game_name(env_id: str) -> str:
 
 
 def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
-    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
-    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
-    Rewards are raw (clip them for training; log real scores). Autoreset is SameStep: every step
-    is a real transition, and an ended game's last observation is in info["final_obs"]. With
-    `life_loss_terminal` a lost life sets `terminated` while the game goes on (DQN's
-    EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`.
-    """
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame stack, up to 30
+    no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting). Rewards are raw (clip them for
+    training; log real scores). Autoreset is SameStep: every step is a real transition, and an ended game's last
+    observation is in info["final_obs"]. With `life_loss_terminal` a lost life sets `terminated` while the game
+    goes on (DQN's EpisodicLifeEnv; ale-py's `episodic_life`, off, would restart the game): see `game_restarted`."""
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(
         game=ale_game_name(env_id),
         num_envs=num_envs,
         autoreset_mode="SameStep",
-        episodic_life=False,
         life_loss_info=life_loss_terminal,
         reward_clipping=False,
         repeat_action_probability=0.0,
@@ -592,271 +495,47 @@ def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_ep
 
 
 def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
-    """Which envs started a new game in this step. A truncation always does; a `terminated` is a
-    game over, not a life loss, when the game's frame counter went back or the lives did not
-    drop (each signal alone has a blind spot: a game shorter than the no-op reset, bonus lives).
-    """
+    """Which envs started a new game in this step. A truncation always does; a `terminated` is a game over, not a
+    life loss, when the game's frame counter went back or the lives did not drop (each signal alone has a blind
+    spot: a game shorter than the no-op reset, bonus lives)."""
     frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
     lives_kept = info["lives"] >= prev_info["lives"]
     return truncated | (terminated & (frame_went_back | lives_kept))
 
 
-# The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+# Training: rollouts with pi_old, the policy step of Section 5, then V ------------------------------------------------
 
 
-def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
-    """tyro.cli(Args), and the checkpoint with --resume PATH: its saved options are then tyro's
-    defaults, so the command line overrides them in any spelling tyro accepts."""
-    prog = os.path.basename(__file__)
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    peek.add_argument("--resume")
-    path = peek.parse_known_args(argv)[0].resume
-    if path is None:
-        return tyro.cli(Args, args=argv), None
-    if not os.path.isfile(path):
-        sys.exit(f"{prog}: error: --resume {path}: no such checkpoint file")
-    checkpoint = load_checkpoint(path)
-    try:
-        options = checkpoint["args"].keys() ^ {field.name for field in fields(Args)}
-    except Exception:
-        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (it has no options)")
-    if options:
-        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (its options differ: {sorted(options)})")
-    saved = Args.__new__(Args)  # the saved options, unchecked: tyro checks them once the command line is applied
-    vars(saved).update(checkpoint["args"])
-    args = tyro.cli(Args, args=argv, default=saved)
-    fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
-    if fixed:
-        sys.exit(f"{prog}: error: --resume {path}: {', '.join(fixed)} cannot change in a resumed run (it keeps its options)")
-    if args.total_timesteps < (step := checkpoint["global_step"]):
-        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps} is below the checkpoint's step {step}")
-    return args, checkpoint
-
-
-def select_device(cuda: bool) -> tuple[torch.device, str]:
-    """The device to run on, and one line saying which and why (printed, and logged with the
-    hyperparameters): the GPU, or why --cuda found none (no CUDA build, no device, a driver
-    too old for this torch: torch's own warning)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        usable = torch.cuda.is_available()
-    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
-    if cuda and usable:
-        return torch.device("cuda"), f"device: cuda ({torch.cuda.get_device_name()}; {versions})"
-    why = ("--no-cuda" if not cuda else "--cuda: this torch has no CUDA" if torch.version.cuda is None
-           else f"--cuda: no usable GPU ({caught[0].message})" if caught else "--cuda: no GPU found")  # fmt: skip
-    return torch.device("cpu"), f"device: cpu ({versions}; {why})"
-
-
-def start_run(args: Args, checkpoint: Optional[dict], device: str) -> tuple[str, str, SummaryWriter, Optional[str]]:
-    """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
-    runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
-    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step).
-    Each start logs its options and `device` (a resumed run may change a few, and the device)."""
-    prog = os.path.basename(__file__)
-    if checkpoint:
-        run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
-        if not os.access(run_dir, os.W_OK):
-            sys.exit(f"{prog}: error: cannot write to the checkpoint's run directory {run_dir}")
-    else:  # a directory of its own: a run started in the same second (another variant, say) gets a suffix
-        run_name = base = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        for k in range(2, 1000):
-            try:
-                os.makedirs(f"runs/{run_name}")
-                break
-            except FileExistsError:
-                run_name = f"{base}-{k}"
-            except OSError as e:
-                sys.exit(f"{prog}: error: cannot create the run directory runs/{run_name}: {e.strerror}")
-        run_dir = f"runs/{run_name}"
-    config = {**vars(args), "device": device}
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=config,
-            name=run_name,
-            id=checkpoint["wandb_id"] if checkpoint else None,
-            resume="allow",
-            save_code=True,
-        )
-    step = checkpoint["global_step"] if checkpoint else 0
-    writer = SummaryWriter(run_dir, purge_step=step + 1 if checkpoint else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()), step)
-    return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
-
-
-def checksum(x, digest=None) -> str:
-    """SHA-256 of a checkpoint's state: the bytes of each tensor and array, the repr of every other value."""
-    digest = digest or hashlib.sha256()
-    if isinstance(x, dict):
-        for key in sorted(x, key=str):
-            checksum((key, x[key]), digest)
-    elif isinstance(x, (list, tuple)):
-        for item in x:
-            checksum(item, digest)
-    elif isinstance(x, (torch.Tensor, np.ndarray)):
-        digest.update(np.ascontiguousarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).reshape(-1).view(np.uint8))
-    else:
-        digest.update(repr(x).encode())
-    return digest.hexdigest()
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save `state` and its checksum to `path` atomically (write, then rename). A crash, a
-    signal or a full disk mid-write leaves the previous checkpoint intact and no `.tmp`; a failed
-    write stops the run, naming the path and the cause."""
-    tmp, folder = path + ".tmp", os.path.dirname(os.path.abspath(path))
-    try:
-        torch.save({**state, "checksum": checksum(state)}, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        full = os.path.isdir(folder) and shutil.disk_usage(folder).free < 2**20  # before the partial file goes
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if not isinstance(e, (OSError, RuntimeError)):
-            raise
-        cause = "the disk is full" if full else getattr(e, "strerror", None) or str(e).strip().splitlines()[-1]
-        sys.exit(f"{os.path.basename(__file__)}: error: cannot write the checkpoint {path}: {cause}; "
-                 "the previous checkpoint, if any, is intact")  # fmt: skip
-
-
-def load_checkpoint(path: str) -> dict:
-    """The checkpoint at `path`, its checksum verified; one line and exit status 1 when it is not a
-    checkpoint, is truncated, or has changed since it was written. Tensors are memory-mapped from
-    the file (a saved replay memory is not held twice)."""
-    prog, size = os.path.basename(__file__), os.path.getsize(path)
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    if not zipfile.is_zipfile(path):
-        why = "truncated: the write did not finish" if is_zip else "not a checkpoint (not a torch.save archive)"
-        sys.exit(f"{prog}: error: --resume {path}: {why} ({size:,} bytes)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file: trusted
-    except Exception as e:
-        sys.exit(f"{prog}: error: --resume {path}: corrupted, it cannot be read ({str(e).strip().splitlines()[-1]})")
-    saved = checkpoint.pop("checksum", None) if isinstance(checkpoint, dict) else None
-    if saved is not None and saved != checksum(checkpoint):
-        sys.exit(f"{prog}: error: --resume {path}: corrupted: its contents differ from the checksum written with it")
-    return checkpoint
-
-
-def restart_seed(seed: int, global_step: int) -> int:
-    """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
-    checkpoint restarts the games, a seed derived from it and the step, the same in a run that
-    goes on and in one resumed there."""
-    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
-
-
-def crossed(step: int, stride: int, every: int) -> bool:
-    """Whether the last `stride` steps up to `step` crossed a multiple of `every`."""
-    return step // every > (step - stride) // every
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) ask the run to stop at the end of
-    the current update (and an evaluation after its current step), where it writes a final
-    checkpoint and closes its logs. A second signal only says so: an impatient second Ctrl-C
-    must not lose the run. A third stops at once; the last checkpoint on disk stays intact."""
-
-    def __init__(self):
-        self.signum, self.count = None, 0
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        self.count += 1
-        name = signal.Signals(signum).name
-        if self.count == 1:
-            self.signum = signum
-            print(f"\n{name}: stopping after this update, with a checkpoint", file=sys.stderr)
-        elif self.count == 2:
-            print(f"\n{name}: still stopping after this update, to keep it; a third signal stops at once, without it",
-                  file=sys.stderr)  # fmt: skip
-        else:
-            print(f"\n{name}: stopping now; the last checkpoint on disk is intact", file=sys.stderr)
-            sys.exit(128 + signum)
-
-    def exit(self, message: str) -> None:
-        """Say where the run stopped and how to go on; exit with status 128 + signal number."""
-        print(f"{signal.Signals(self.signum).name}: {message}", file=sys.stderr)
-        sys.exit(128 + self.signum)
-
-
-class Progress:
-    """Every 10 s, one plain line (the same on a terminal and in a log file): steps, SPS and
-    ETA over the last 10 s (a run's speed changes: DQN's warm-up is much faster than its
-    training), and the mean return of the last 20 games (`returns`, appended by the loop)."""
-
-    def __init__(self, total: int, step: int, every: float = 10.0):
-        self.total, self.step, self.every, self.time = total, step, every, time.time()
-        self.returns = collections.deque(maxlen=20)
-
-    def __call__(self, step: int) -> None:
-        now = time.time()
-        if now - self.time >= self.every:
-            sps = (step - self.step) / (now - self.time)
-            eta = datetime.timedelta(seconds=round((self.total - step) / max(sps, 1e-9)))
-            ret = f"{np.mean(self.returns):.1f}" if self.returns else "-"
-            print(f"{step:,}/{self.total:,} steps | {sps:,.0f} SPS | return {ret} (last 20 games) | ETA {eta}", flush=True)
-            self.step, self.time = step, now
-
-
-def video_schedule(game_index: int) -> bool:
-    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
-    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
-
-
-def save_gif(frames: list, path: str, fps: int = 15) -> None:
-    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-
-
-if __name__ == "__main__":
+def main():
     args, checkpoint = parse_args()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # until the envs are built (uninterruptible C++), a signal ends it
-    device, device_line = select_device(args.cuda)
-    print(device_line, flush=True)
-    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    print(f"device: {device} (torch {torch.__version__}, CUDA {torch.version.cuda})", flush=True)
+    run_name, run_dir, writer = start_run(args, checkpoint)
+    torch.manual_seed(args.seed)  # the networks' initialization; every other draw has a generator of its own
     torch.backends.cudnn.deterministic = args.torch_deterministic
     generator = torch.Generator().manual_seed(args.seed)  # action sampling, on the host: its state loads on any device
     shuffle = torch.Generator().manual_seed(args.seed)  # minibatches
 
     envs = make_env(args.env_id, args.num_envs)
-    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    signal.signal(signal.SIGINT, stop_softly)
+    signal.signal(signal.SIGTERM, stop_softly)
     policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
     value = NatureCNN(1, head_std=1.0).to(device)
     value_optimizer = torch.optim.Adam(value.parameters(), lr=args.value_lr, eps=1e-5, fused=True)
-    # Fixed-size batches run compiled with --compile; the time-limit bootstrap (any batch size) stays eager.
-    policy_fn = torch.compile(policy) if args.compile else policy
+    policy_fn = torch.compile(policy) if args.compile else policy  # fixed-size batches; the time-limit bootstrap stays eager
     value_fn = torch.compile(value) if args.compile else value
 
     T, N = args.num_steps, args.num_envs
     batch_size, num_iterations = T * N, args.total_timesteps // (T * N)
     fvp_size = math.ceil(args.fvp_fraction * batch_size)
     obs_buf = torch.zeros((T, N) + envs.single_observation_space.shape, dtype=torch.uint8, device=device)
-    actions_buf = torch.zeros((T, N), dtype=torch.long, device=device)
-    values_buf = torch.zeros((T, N), device=device)
+    actions_buf, values_buf = torch.zeros((T, N), dtype=torch.long, device=device), torch.zeros((T, N), device=device)
     logits_buf = torch.zeros((T, N, envs.single_action_space.n), device=device)
     # The rollout's small arrays stay on the host and move to the device once per update.
     rewards_buf, truncation_values_buf = np.zeros((T, N), dtype=np.float32), np.zeros((T, N), dtype=np.float32)
     terminated_buf, truncated_buf = np.zeros((T, N), dtype=bool), np.zeros((T, N), dtype=bool)
 
-    global_step, first_iteration, games_env0, video_frames = 0, 1, 0, []
+    global_step, games_env0, video_frames = 0, 0, []
     if checkpoint:
         policy.load_state_dict(checkpoint["policy"])
         value.load_state_dict(checkpoint["value"])
@@ -864,14 +543,12 @@ if __name__ == "__main__":
         generator.set_state(checkpoint["generator"])
         shuffle.set_state(checkpoint["shuffle"])
         global_step, games_env0 = checkpoint["global_step"], checkpoint["games_env0"]
-        first_iteration = checkpoint["iteration"] + 1
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return, game_length = np.zeros(N), np.zeros(N, dtype=np.int64)
-    progress, start_time, start_step = Progress(num_iterations * batch_size, global_step), time.time(), global_step
+    game_return, game_length, returns = np.zeros(N), np.zeros(N, dtype=np.int64), []
+    start_time, start_step, last_report = time.time(), global_step, [time.time(), global_step]
     checkpoint_path = f"{run_dir}/checkpoint.pt"
-    for iteration in range(first_iteration, num_iterations + 1):
-        # Rollout with pi_old; its logits and V_old(s_t) recorded as it goes.
-        truncation_values_buf[:] = 0.0
+    for iteration in range(global_step // batch_size + 1, num_iterations + 1):
+        truncation_values_buf[:] = 0.0  # the rollout, with pi_old: its logits and V_old(s_t) recorded as it goes
         for t in range(T):
             obs_buf[t] = torch.from_numpy(obs).to(device)
             with torch.no_grad():
@@ -896,7 +573,7 @@ if __name__ == "__main__":
             for e in np.flatnonzero(restarted):
                 writer.add_scalar("charts/episodic_return", game_return[e], global_step)
                 writer.add_scalar("charts/episodic_length", game_length[e], global_step)
-                progress.returns.append(game_return[e])
+                returns.append(game_return[e])
                 if e == 0:
                     if video_frames:
                         save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
@@ -945,45 +622,178 @@ if __name__ == "__main__":
 
         bad = [f"{tag} ({v.item()})" for tag, v in logs.items() if not torch.isfinite(v)]
         if bad:
-            where = f"at global_step {global_step}, update {iteration}"
-            sys.exit(f"{os.path.basename(__file__)}: error: non-finite {', '.join(bad)} {where}")
+            sys.exit(f"{PROG}: error: non-finite {', '.join(bad)} at global_step {global_step}, update {iteration}")
         for tag, v in logs.items():
             writer.add_scalar(tag, v.item(), global_step)
         writer.add_scalar("losses/explained_variance", explained_variance(b_values, b_value_targets).item(), global_step)
         writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        progress(global_step)
+        report(global_step, num_iterations * batch_size, returns, last_report)
 
-        last = iteration == num_iterations
-        if stop.signum or (args.checkpoint_every > 0 and (last or crossed(global_step, batch_size, args.checkpoint_every))):
-            save_checkpoint(checkpoint_path, dict(
-                args=vars(args), run_name=run_name, wandb_id=wandb_id, global_step=global_step, iteration=iteration,
-                games_env0=games_env0, policy=policy.state_dict(), value=value.state_dict(),
-                value_optimizer=value_optimizer.state_dict(), generator=generator.get_state(), shuffle=shuffle.get_state(),
-            ))  # fmt: skip
-            if stop.signum:
+        every = args.checkpoint_every
+        if STOP or (every > 0 and (iteration == num_iterations or global_step % every < batch_size)):
+            state = dict(args=vars(args), global_step=global_step, games_env0=games_env0, shuffle=shuffle.get_state())
+            state |= dict(policy=policy.state_dict(), value=value.state_dict(), generator=generator.get_state())
+            save_checkpoint(checkpoint_path, state | dict(value_optimizer=value_optimizer.state_dict()))
+            if STOP:
                 break
             # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a run
             # resumed from it (their last rollout bootstrapped from V_old(s_T); not logged as games).
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
-    stopped = stop.signum is not None  # the loop wrote a checkpoint and broke off
+    stopped = bool(STOP)  # the loop wrote a checkpoint and broke off
     envs.close()
-    del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
     if args.save_model and not stopped:
         model_path = f"{run_dir}/{args.exp_name}.cleanrl_model"
         torch.save({"policy": policy.state_dict(), "value": value.state_dict()}, model_path)
         print(f"model saved to {model_path}")
         video_path = f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None
-        returns = evaluate(
-            model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path, stop=stop
-        )
-        for idx, episodic_return in enumerate(returns):
+        eval_returns = evaluate(model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path)
+        for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
-        print(f"eval: mean episodic return {np.mean(returns or [np.nan]):.2f} over {len(returns)} games")
+        print(f"eval: mean episodic return {np.mean(eval_returns or [np.nan]):.2f} over {len(eval_returns)} games")
     writer.close()
-    if stopped:
-        go_on = f"python {os.path.basename(__file__)} --resume {checkpoint_path}"
-        stop.exit(f"checkpoint written at global_step {global_step}; continue with: {go_on}")
-    if stop:  # during the evaluation
-        stop.exit(f"evaluation stopped after {len(returns)} of {args.eval_episodes} games; the model is in {model_path}")
+    if STOP:  # after the checkpoint, or during the evaluation (which a signal cuts short)
+        then = f"continue with: python {PROG} --resume {checkpoint_path}" if stopped else "evaluation cut short"
+        print(f"{signal.Signals(STOP['signum']).name}: {then}", file=sys.stderr)
+        sys.exit(128 + STOP["signum"])
+
+
+def evaluate(model_path, env_id, eval_episodes, num_envs, device, seed, video_path=None) -> list[float]:
+    """Play `eval_episodes` full games (all lives) sampling from the saved policy; return their raw
+    scores. Each env plays a fixed quota of games, so short games are not over-represented."""
+    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
+    policy = NatureCNN(envs.single_action_space.n, head_std=0.01).to(device)
+    policy.load_state_dict(torch.load(model_path, map_location=device)["policy"])
+    generator, n = torch.Generator().manual_seed(seed), envs.num_envs
+    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
+    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
+    obs, _ = envs.reset(seed=seed)
+    while not STOP and any(len(r) < q for r, q in zip(returns, quota)):  # a signal (STOP) ends it early
+        with torch.no_grad():
+            actions = sample_actions(policy(torch.from_numpy(obs).to(device)).cpu(), generator).numpy()
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
+
+
+# identical in all four scripts: tests/test_copies.py. Plumbing, not the paper: resume, checkpoints, signals. ---------
+
+MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+STOP = {}  # "signum": the first SIGINT or SIGTERM, once it came (`stop_softly`)
+PROG = os.path.basename(__file__)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
+    """tyro.cli(Args); with --resume, also the checkpoint, whose options become the defaults (but MAY_CHANGE's)."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--resume")
+    path = peek.parse_known_args(argv)[0].resume
+    if path is None:
+        return tyro.cli(Args, args=argv), None
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("args", {}).keys() != {f.name for f in fields(Args)}:
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint of this script")
+    saved = Args.__new__(Args)  # unchecked: tyro checks the options once the command line is applied
+    vars(saved).update(checkpoint["args"])
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in MAY_CHANGE and v != vars(saved)[k]]
+    if changed:
+        sys.exit(f"{PROG}: error: --resume {path}: {', '.join(changed)} cannot change in a resumed run")
+    return args, checkpoint
+
+
+def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter]:
+    """(run_name, run_dir, TensorBoard writer). A new run gets runs/{run_name} of its own; a resumed one appends
+    to its checkpoint's directory (and wandb run), and TensorBoard drops what was logged after the checkpoint."""
+    if checkpoint:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_dir = f"runs/{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        try:
+            os.makedirs(run_dir)
+        except FileExistsError:  # another run started in the same second
+            run_dir += f"-{os.getpid()}"
+    run_name = os.path.basename(run_dir)
+    if args.track:
+        import wandb
+
+        kwargs = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
+        wandb.init(**kwargs, sync_tensorboard=True, name=run_name, id=run_name, resume="allow")
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return run_name, run_dir, writer
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save to PATH.tmp, then rename: a crash, a signal or a full disk mid-write leaves the last one intact."""
+    try:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # a full disk, say
+        sys.exit(f"{PROG}: error: cannot write {path} ({e}); the previous checkpoint is intact, {path}.tmp may be partial")
+
+
+def load_checkpoint(path: str) -> dict:
+    """The checkpoint at `path` once zipfile has checked its CRC-32s (torch.load does not); else one line, exit 1."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if damaged := archive.testzip():
+                raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
+    except (OSError, zipfile.BadZipFile) as e:
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint, or damaged ({e})")
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file; tensors not read twice
+
+
+def restart_seed(seed: int, global_step: int) -> int:
+    """The envs' seed at `global_step` (a checkpoint restarts the games): the same in a run and in its resumption."""
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
+
+
+def stop_softly(signum, frame) -> None:
+    """The SIGINT (Ctrl-C) and SIGTERM (preemption) handler, set once the envs are built: the first lets the run
+    finish its update and write a checkpoint (STOP is then set); a second exits at once, the checkpoint intact."""
+    if STOP:
+        sys.exit(128 + signum)
+    STOP["signum"] = signum
+    print(f"\n{signal.Signals(signum).name}: stopping after this update, with a checkpoint", file=sys.stderr)
+
+
+def report(step: int, total: int, returns: list, last: list, learning_starts: int = 0) -> None:
+    """Every 10 s one line: steps, SPS and ETA over the last 10 s (`last` = [time, step], updated), the mean return
+    of the last 20 games. No ETA before learning starts (DQN's warm-up is much faster than its training)."""
+    now = time.time()
+    if now - last[0] >= 10:
+        sps = (step - last[1]) / (now - last[0])
+        eta = datetime.timedelta(seconds=round((total - step) / max(sps, 1e-9)))
+        eta = f"ETA {eta}" if last[1] >= learning_starts else f"learning from step {learning_starts:,}, then an ETA"
+        mean = np.mean(returns[-20:] or [np.nan])
+        print(f"{step:,}/{total:,} steps | {sps:,.0f} SPS | return {mean:.1f} (last 20 games) | {eta}", flush=True)
+        last[:] = now, step
+
+
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
+
+
+def save_gif(frames: list, path: str, fps: int = 15) -> None:
+    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+if __name__ == "__main__":
+    main()

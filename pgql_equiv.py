@@ -403,14 +403,13 @@ def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_ep
     no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting). Rewards are raw (clip them for
     training; log real scores). Autoreset is SameStep: every step is a real transition, and an ended game's last
     observation is in info["final_obs"]. With `life_loss_terminal` a lost life sets `terminated` while the game
-    goes on (DQN's EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`."""
+    goes on (DQN's EpisodicLifeEnv; ale-py's `episodic_life`, off, would restart the game): see `game_restarted`."""
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(
         game=ale_game_name(env_id),
         num_envs=num_envs,
         autoreset_mode="SameStep",
-        episodic_life=False,
         life_loss_info=life_loss_terminal,
         reward_clipping=False,
         repeat_action_probability=0.0,
