@@ -105,12 +105,8 @@ class Args:
     """the number of steps to run in each environment per policy rollout (the n of the n-step return)"""
     gamma: float = 0.99
     """the discount factor gamma"""
-
-    # Speed (does not change the math)
     compile: bool = False
     """torch.compile both networks (acting, the minibatch steps) and the Fisher-vector product's forward-mode pass"""
-
-    # Long runs
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     resume: Optional[str] = None
@@ -427,7 +423,7 @@ def damped_q_step(policy: nn.Module, policy_fn: Callable, b: Batch, args: Args, 
     return finish_step(policy, policy_fn, b, step, 1.0, natural, cg_residual, args)
 
 
-# Networks (the policy and V are separate: see the module docstring) --------------------------------------
+# Networks (the policy and V are separate: see the module docstring) --------------------------------------------------
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -544,7 +540,7 @@ def main():
         shuffle.set_state(checkpoint["shuffle"])
         global_step, games_env0 = checkpoint["global_step"], checkpoint["games_env0"]
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return, game_length, returns = np.zeros(N), np.zeros(N, dtype=np.int64), []
+    game_return, game_length, episodic_returns = np.zeros(N), np.zeros(N, dtype=np.int64), []
     start_time, start_step, last_report = time.time(), global_step, [time.time(), global_step]
     checkpoint_path = f"{run_dir}/checkpoint.pt"
     for iteration in range(global_step // batch_size + 1, num_iterations + 1):
@@ -573,7 +569,7 @@ def main():
             for e in np.flatnonzero(restarted):
                 writer.add_scalar("charts/episodic_return", game_return[e], global_step)
                 writer.add_scalar("charts/episodic_length", game_length[e], global_step)
-                returns.append(game_return[e])
+                episodic_returns.append(game_return[e])
                 if e == 0:
                     if video_frames:
                         save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
@@ -627,7 +623,7 @@ def main():
             writer.add_scalar(tag, v.item(), global_step)
         writer.add_scalar("losses/explained_variance", explained_variance(b_values, b_value_targets).item(), global_step)
         writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        report(global_step, num_iterations * batch_size, returns, last_report)
+        report(global_step, num_iterations * batch_size, episodic_returns, last_report)
 
         every = args.checkpoint_every
         if STOP or (every > 0 and (iteration == num_iterations or global_step % every < batch_size)):

@@ -103,12 +103,8 @@ class Args:
     """RMSprop's epsilon (added inside the square root, as in TensorFlow)"""
     log_interval: int = 100
     """log the losses every this many updates"""
-
-    # Speed (does not change the math)
     compile: bool = False
     """torch.compile the network: acting, V(s_T), and the update's backward pass through those graphs"""
-
-    # Long runs
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     resume: Optional[str] = None
@@ -460,7 +456,7 @@ def main():
         generator.set_state(checkpoint["generator"])
         global_step, games_env0 = checkpoint["global_step"], checkpoint["games_env0"]
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return, game_length, returns = np.zeros(N), np.zeros(N, dtype=np.int64), []
+    game_return, game_length, episodic_returns = np.zeros(N), np.zeros(N, dtype=np.int64), []
     start_time, start_step, last_report = time.time(), global_step, [time.time(), global_step]
     checkpoint_path = f"{run_dir}/checkpoint.pt"
     for iteration in range(global_step // batch_size + 1, num_iterations + 1):
@@ -496,7 +492,7 @@ def main():
             for e in np.flatnonzero(restarted):
                 writer.add_scalar("charts/episodic_return", game_return[e], global_step)
                 writer.add_scalar("charts/episodic_length", game_length[e], global_step)
-                returns.append(game_return[e])
+                episodic_returns.append(game_return[e])
                 if e == 0:
                     if video_frames:
                         save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
@@ -545,7 +541,7 @@ def main():
                 writer.add_scalar(f"losses/{key}", value.item(), global_step)
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-        report(global_step, num_iterations * batch_size, returns, last_report)
+        report(global_step, num_iterations * batch_size, episodic_returns, last_report)
 
         every = args.checkpoint_every
         if STOP or (every > 0 and (iteration == num_iterations or global_step % every < batch_size)):

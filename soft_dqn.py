@@ -1,45 +1,34 @@
 """Soft DQN on Atari: standard, soft-KL and soft-entropy backups, 1- or n-step.
 
-Section 3.5 and the DQN experiment of Section 6.2 of "Equivalence Between Policy Gradients and
-Soft Q-Learning" (Schulman, Chen, Abbeel 2017). Nature DQN (CleanRL's dqn_atari hyperparameters,
-epsilon-greedy exploration in every condition) except for the value the target bootstraps from:
+Section 3.5 and the DQN experiment of Section 6.2 of "Equivalence Between Policy Gradients and Soft Q-Learning"
+(Schulman, Chen, Abbeel 2017). Nature DQN (CleanRL's dqn_atari hyperparameters, epsilon-greedy exploration in every
+condition) except for the value the target bootstraps from:
 
     standard (--tau 0):                  y = r + gamma * max_a' Qtarget(s', a')                          (eq. 81)
     soft, KL penalty (--regularizer kl): y = r + gamma * tau*(logsumexp_a' Qtarget(s',a')/tau - log|A|)  (eq. 82)
     soft, entropy bonus (default):       y = r + gamma * tau* logsumexp_a' Qtarget(s',a')/tau            (eq. 83)
 
-i.e. V_Q of eq. 39 with a uniform reference policy (the paper prints eqs. 82-83 without the
-leading tau). With --n-step N the target is eq. 46: the rewards of s_{t+1..t+N-1} are augmented
-with the Boltzmann policy's -tau*KL (or +tau*H), taken when the transition was collected.
-The equations and the paper's typos: docs/paper.md.
-
-Munchausen DQN (Vieillard, Pietquin, Geist 2020), the soft backup's best-known successor, is one
-option on top of the entropy form: --munchausen-alpha adds the target network's scaled log-policy
-of the action taken, alpha * clip(tau * log softmax(Qtarget(s_t)/tau)[a_t], l0, 0), to the reward.
+i.e. V_Q of eq. 39 with a uniform reference policy (the paper prints eqs. 82-83 without the leading tau). With
+--n-step N the target is eq. 46: the rewards of s_{t+1..t+N-1} are augmented with the Boltzmann policy's -tau*KL (or
++tau*H), taken when the transition was collected. The equations and the paper's typos: docs/paper.md.
+Munchausen DQN (Vieillard et al. 2020), the soft backup's best-known successor, is one option on top of the entropy
+form: --munchausen-alpha adds alpha * clip(tau * log softmax(Qtarget(s_t)/tau)[a_t], l0, 0) to the reward.
 
 Run:
     python soft_dqn.py --tau 0.1                        # soft (entropy-bonus) DQN on Breakout
-    python soft_dqn.py --tau 0                          # standard DQN
-    python soft_dqn.py --tau 0.1 --regularizer kl       # soft, KL penalty against uniform
-    python soft_dqn.py --tau 0 --n-step 5 --env-id PongNoFrameskip-v4
+    python soft_dqn.py --tau 0 --n-step 5               # standard n-step DQN
     python soft_dqn.py --munchausen-alpha 0.9 --tau 0.03          # Munchausen DQN (their alpha, tau, l0 = -1)
     python soft_dqn.py --resume runs/<run>/checkpoint.pt --total-timesteps 20000000   # go on, or further
-    tensorboard --logdir runs
 """
 
 import argparse
-import collections
 import datetime
-import hashlib
 import math
 import os
-import random
 import re
-import shutil
 import signal
 import sys
 import time
-import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from typing import Literal, NamedTuple, Optional
@@ -112,55 +101,46 @@ class Args:
     """timestep to start learning"""
     train_frequency: int = 4
     """the frequency of training (timesteps per gradient step, whatever num-envs is)"""
-
-    # Speed (none of these changes the math)
     compile: bool = False
     """torch.compile the update (forward, loss and backward; not the Adam step) and the acting forward pass"""
     cudagraphs: bool = False
     """with --compile on CUDA: also capture both as CUDA graphs (torch.compile mode `reduce-overhead`)"""
-
-    # Long runs
     checkpoint_every: int = 0
     """write `runs/{run_name}/checkpoint.pt` every this many agent steps and at the end; 0: only on SIGINT/SIGTERM"""
     checkpoint_replay: bool = False
     """also save the replay memory in each checkpoint (1M transitions: 7.1 GB); without it a resumed run refills it first"""
     resume: Optional[str] = None
-    """continue the run saved in this checkpoint, with its options (those in RESUME_MAY_CHANGE may change)"""
+    """continue the run saved in this checkpoint with its options; only --total-timesteps, --checkpoint-every,
+    --checkpoint-replay, --track, --cuda, --compile and --cudagraphs may be given"""
 
     def __post_init__(self):
-        """Reject what would fail late or silently (tyro prints the message and exits 2)."""
+        """Reject what would crash the envs, fail late or train silently wrong (tyro shows it and exits 2)."""
         ale_game_name(self.env_id)
-        slots, sample_from = self.buffer_size // max(self.num_envs, 1), max(self.batch_size, self.num_envs * (self.n_step + 4))
+        slots = self.buffer_size // max(self.num_envs, 1)
         replay_gb, free_gb = self.buffer_size * FrameReplayBuffer.BYTES_PER_SLOT / 1e9, available_memory() / 1e9
-        require(
-            (0 <= self.seed < 2**31 - 2**16, "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)"),
-            (self.tau >= 0 and math.isfinite(self.tau), f"--tau must be a finite number >= 0 (0: max backup), got {self.tau}"),
-            (self.n_step >= 1, "--n-step must be >= 1"),
-            (1 <= self.num_envs <= MAX_ENVS, f"--num-envs must be in [1, {MAX_ENVS}]: each env takes ~0.1 s to build"),
-            (0 <= self.munchausen_alpha < math.inf, f"--munchausen-alpha must be finite, >= 0: {self.munchausen_alpha}"),
-            (self.munchausen_alpha == 0 or (self.tau > 0 and self.regularizer == "entropy" and self.n_step == 1),
-             "--munchausen-alpha > 0 needs --tau > 0, --regularizer entropy and --n-step 1 (the bonus is tau*log pi of a_t)"),
-            (-math.inf < self.munchausen_l0 <= 0, f"--munchausen-l0 must be a finite number <= 0, got {self.munchausen_l0}"),
-            (self.batch_size <= self.buffer_size, f"--batch-size {self.batch_size} is larger than --buffer-size"),
-            (replay_gb < free_gb, f"--buffer-size {self.buffer_size:,} needs {replay_gb:,.1f} GB of memory for the replay; "
-                                  f"this machine has {free_gb:,.1f} GB available"),
-            (slots > self.n_step + 8, f"--buffer-size leaves {slots} slots per env; each needs more than --n-step + 8"),
-            (self.learning_starts >= sample_from, f"--learning-starts must be >= {sample_from} to sample a whole batch"),
-            (self.learning_starts < self.total_timesteps, "--learning-starts must be below --total-timesteps"),
-            (0 <= self.gamma <= 1, f"--gamma must be in [0, 1], got {self.gamma}"),
-            (min(self.train_frequency, self.target_network_frequency) >= 1, "--*-frequency must be >= 1"),
-            (self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be a finite number > 0"),
-            (0 <= self.end_e <= self.start_e <= 1, "need 0 <= --end-e <= --start-e <= 1"),
-            (0 < self.exploration_fraction <= 1, "--exploration-fraction must be in (0, 1]"),
-            (self.eval_episodes >= 1 and self.checkpoint_every >= 0, "--eval-episodes must be >= 1, --checkpoint-every >= 0"),
-            (not self.cudagraphs or self.compile, "--cudagraphs needs --compile"),
-            (not self.cudagraphs or (self.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
-        )  # fmt: skip
+        munchausen_ok = self.munchausen_alpha == 0 or (self.tau > 0 and self.regularizer == "entropy" and self.n_step == 1)
+        checks = {
+            "--seed must be in [0, 2**31 - 2**16) (ale-py seeds env i with seed + i)": 0 <= self.seed < 2**31 - 2**16,
+            f"--tau must be a finite number >= 0 (0: max backup), got {self.tau}": 0 <= self.tau < math.inf,
+            "--n-step and --num-envs must be >= 1": min(self.n_step, self.num_envs) >= 1,
+            f"--munchausen-alpha must be finite, >= 0: {self.munchausen_alpha}": 0 <= self.munchausen_alpha < math.inf,
+            "--munchausen-alpha > 0 needs --tau > 0, --regularizer entropy and --n-step 1": munchausen_ok,
+            f"--munchausen-l0 must be finite, <= 0: {self.munchausen_l0}": -math.inf < self.munchausen_l0 <= 0,
+            f"--buffer-size {self.buffer_size:,} needs {replay_gb:,.1f} GB of memory, {free_gb:,.1f} GB available": replay_gb
+            < free_gb,
+            f"--buffer-size leaves {slots} slots per env; each needs more than --n-step + 8": slots > self.n_step + 8,
+            "--learning-starts must be below --total-timesteps": self.learning_starts < self.total_timesteps,
+            f"--gamma must be in [0, 1], got {self.gamma}": 0 <= self.gamma <= 1,
+            "--*-frequency must be >= 1": min(self.train_frequency, self.target_network_frequency) >= 1,
+            "need 0 <= --end-e <= --start-e <= 1": 0 <= self.end_e <= self.start_e <= 1,
+            "--eval-episodes must be >= 1": self.eval_episodes >= 1,
+            "--cudagraphs needs --compile and CUDA": not self.cudagraphs or (self.compile and torch.cuda.is_available()),
+        }
+        if not all(checks.values()):
+            raise ValueError("; ".join(message for message, ok in checks.items() if not ok))
 
 
-# ----------------------------------------------------------------------------------------------
-# The paper's math (uniform reference policy pibar = 1/|A| throughout)
-# ----------------------------------------------------------------------------------------------
+# The paper's math (uniform reference policy pibar = 1/|A| throughout) ------------------------------------------------
 
 
 def soft_value(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
@@ -169,15 +149,12 @@ def soft_value(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
     kl:      V = tau * log E_{a~uniform} exp(Q(s,a)/tau) = tau*logsumexp(Q/tau) - tau*log|A|
     entropy: V = tau * logsumexp(Q/tau)  (= the kl form + tau*log|A|)
     tau = 0: V = max_a Q(s,a), the limit of both forms (the standard DQN backup).
-    Q - max Q is divided by tau, never Q itself: finite for any |Q| < 1e38 and any tau > 0.
-    """
+    Q - max Q is divided by tau, never Q itself: finite for any |Q| < 1e38 and any tau > 0."""
     q_max = q.max(dim=-1, keepdim=True).values
     if tau == 0:
         return q_max.squeeze(-1)
     v = q_max.squeeze(-1) + tau * torch.logsumexp((q - q_max) / tau, dim=-1)
-    if regularizer == "kl":
-        v = v - tau * math.log(q.shape[-1])
-    return v
+    return v - tau * math.log(q.shape[-1]) if regularizer == "kl" else v
 
 
 def boltzmann_entropy(q: torch.Tensor, tau: float) -> torch.Tensor:
@@ -189,34 +166,25 @@ def boltzmann_entropy(q: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def soft_bonus(q: torch.Tensor, tau: float, regularizer: str) -> torch.Tensor:
-    """The per-step reward augmentation of the entropy-regularized return (eqs. 31, 46):
-    -tau*KL[pi_Q || uniform](s) for `kl`, +tau*H(pi_Q)(s) for `entropy`; 0 for tau = 0.
-
-    With it, V_Q(s) = E_{a~pi_Q}[Q(s,a)] + soft_bonus(s) (eq. 31). KL = log|A| - H, so the
-    two forms differ by the constant tau*log|A| per step.
-    """
+    """The per-step reward augmentation of the entropy-regularized return (eqs. 31, 46): -tau*KL[pi_Q || uniform](s)
+    for `kl`, +tau*H(pi_Q)(s) for `entropy`; 0 for tau = 0. With it, V_Q(s) = E_{a~pi_Q}[Q(s,a)] + soft_bonus(s)
+    (eq. 31). KL = log|A| - H, so the two forms differ by the constant tau*log|A| per step."""
     entropy = boltzmann_entropy(q, tau)
-    if regularizer == "kl":
-        return -tau * (math.log(q.shape[-1]) - entropy)
-    return tau * entropy
+    return -tau * (math.log(q.shape[-1]) - entropy) if regularizer == "kl" else tau * entropy
 
 
-def n_step_returns(
-    rewards: torch.Tensor, bonuses: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor, gamma: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def n_step_returns(rewards, bonuses, terminated, truncated, gamma) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The bootstrap-free part of the n-step soft target (eq. 46) and where to bootstrap.
 
-    Row b holds steps d = 0..n-1 from time t: reward r_{t+d}, the soft bonus of state s_{t+d}
-    (-tau*KL or +tau*H; its d = 0 entry cancels in eq. 46 and is ignored), and whether the
-    transition from s_{t+d} ended the episode (`terminated`) or hit the time limit
-    (`truncated`). With m the first such d (n-1 if none):
+    Row b holds steps d = 0..n-1 from time t: reward r_{t+d}, the soft bonus of state s_{t+d} (-tau*KL or +tau*H; its
+    d = 0 entry cancels in eq. 46 and is ignored), and whether the transition from s_{t+d} ended the episode
+    (`terminated`) or hit the time limit (`truncated`). With m the first such d (n-1 if none):
 
         G_t   = r_t + sum_{d=1}^{m} gamma^d (r_{t+d} + bonus_{t+d})
         y_t   = G_t + gamma^{m+1} * V_Q(s_{t+m+1}) * (0 if terminated at m else 1)
 
-    Returns (G_t, bootstrap discount gamma^{m+1} or 0, bootstrap offset m+1), all shape (B,).
-    A termination drops the bootstrap; a truncation bootstraps from the state it cut at.
-    """
+    Returns (G_t, bootstrap discount gamma^{m+1} or 0, bootstrap offset m+1), all shape (B,). A truncation
+    bootstraps from the state it cut at."""
     n = rewards.shape[1]
     stop = terminated | truncated
     # alive[:, d]: no episode end strictly before step d
@@ -232,28 +200,20 @@ def n_step_returns(
 
 
 def munchausen_term(q_target: torch.Tensor, actions: torch.Tensor, tau: float, l0: float) -> torch.Tensor:
-    """clip(tau * log pibar(a_t|s_t), l0, 0) with pibar = softmax(Qtarget(s_t, .)/tau): Munchausen DQN's
-    reward bonus (Vieillard, Pietquin, Geist 2020; pibar is the target network's Boltzmann policy). With it,
+    """clip(tau * log pibar(a_t|s_t), l0, 0), pibar = softmax(Qtarget(s_t, .)/tau) the target network's Boltzmann
+    policy: Munchausen DQN's reward bonus (Vieillard, Pietquin, Geist 2020). With it,
 
         y = r + alpha clip(tau log pibar(a_t|s_t), l0, 0) + gamma sum_a' pibar(a'|s') [Qtarget(s',a') - tau log pibar(a'|s')]
 
     and the last sum is the entropy form's V_Q(s') = tau*logsumexp(Qtarget(s')/tau) (eq. 83, `soft_value`).
-    tau*log pibar = (Q - max Q) - tau*logsumexp((Q - max Q)/tau) through log_softmax, never the log of a
-    softmax: finite for |Q| up to 1e6 and tau down to 1e-6.
-    """
+    tau*log pibar = (Q - max Q) - tau*logsumexp((Q - max Q)/tau) through log_softmax, never the log of a softmax:
+    finite for |Q| up to 1e6 and tau down to 1e-6."""
     z = q_target - q_target.max(dim=-1, keepdim=True).values
     tau_log_pi = tau * F.log_softmax(z / tau, dim=-1).gather(1, actions[:, None]).squeeze(1)
     return tau_log_pi.clamp(min=l0, max=0.0)
 
 
-def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
-    slope = (end_e - start_e) / duration
-    return max(slope * t + start_e, end_e)
-
-
-# ----------------------------------------------------------------------------------------------
-# Network, replay memory (each 84x84 frame stored once; stacks rebuilt at sample time), evaluation
-# ----------------------------------------------------------------------------------------------
+# Network, replay memory (each 84x84 frame stored once; stacks rebuilt at sample time) --------------------------------
 
 
 class QNetwork(nn.Module):
@@ -276,34 +236,21 @@ class QNetwork(nn.Module):
         self.to(memory_format=torch.channels_last)  # conv weights NHWC once, not converted at every call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) input, like the weights: oneDNN's fastest convolutions on CPU (benchmarks/RESULTS.md),
-        # same math. The layout is changed while the frames are still uint8 (a quarter of the bytes).
+        # channels-last (NHWC) like the weights: oneDNN's fastest CPU convolutions; converted while still uint8
         return self.network(x.contiguous(memory_format=torch.channels_last).float() / 255.0)
 
 
-def to_device(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """A sampled batch to `device`. On CUDA each tensor is staged in pinned (page-locked) memory and
-    copied asynchronously: a copy from ordinary memory would make the host wait for the GPU."""
-    if device.type != "cuda":
-        return list(tensors)
-    return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
-
-
-def available_memory() -> int:
-    """Bytes of memory this process can have now: Linux's MemAvailable, within a cgroup's limit (a
-    Slurm job's, a container's); elsewhere, the machine's physical memory."""
+def available_memory() -> float:
+    """Bytes this process can have now: Linux's MemAvailable within a cgroup v2 limit (a Slurm job's, a container's)."""
+    available, limit, used = math.inf, "max", 0  # what cannot be read (not Linux, no cgroup v2) does not limit
     try:
         with open("/proc/meminfo") as f:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit, used = f.read().strip(), int(g.read())  # "max" when unlimited
     except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:  # cgroup v2; "max" when unlimited
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as f:
-            return min(available, int(limit) - int(f.read())) if limit.isdigit() else available
-    except OSError:
-        return available
+        pass
+    return min(available, int(limit) - used) if limit.isdigit() else available
 
 
 class ReplaySample(NamedTuple):
@@ -318,25 +265,18 @@ class ReplaySample(NamedTuple):
 
 
 class FrameReplayBuffer:
-    """Replay memory that stores each frame once: one ring of slots per env.
-
-    Slot k of env e holds the newest frame of one observation s_k, the action taken in it,
-    the (clipped) reward, the soft bonus of s_k, and whether that transition terminated
-    (life loss or game over) or was truncated by the time limit. A stack is the frames of
-    slots k-3..k, with frames before the game's first slot zeroed, exactly as ale-py builds
-    observations after a reset. When a game ends, one extra slot holds its last observation
-    (`info["final_obs"]`, no action), so a truncated game can bootstrap from it; the next
-    slot starts the new game. 1M slots take 1M * 84*84 bytes = 7.06 GB of frames + 13 MB.
-    """
+    """Replay memory that stores each frame once: one ring of slots per env. Slot k of env e holds the newest frame of
+    observation s_k, the action taken in it, the clipped reward, the soft bonus of s_k, and whether that transition
+    terminated (life loss or game over) or was truncated. A stack is the frames of slots k-3..k, those before the game's
+    first slot zeroed (as ale-py does after a reset). A game's end adds a slot with its last observation (no action) for
+    a truncation to bootstrap from; the next slot starts the new game. 1M slots take 7.07 GB."""
 
     BYTES_PER_SLOT = 84 * 84 + 13  # a frame; action, reward, bonus (4 + 4), four flags
 
     def __init__(self, buffer_size: int, num_envs: int, n_step: int, frame_shape=(84, 84), stack: int = 4):
         self.num_envs, self.n_step, self.stack = num_envs, n_step, stack
         self.capacity = buffer_size // num_envs  # slots per env
-        # Slot k of env e is row e * capacity + k of each (flat) array: a batch is gathered
-        # with one index_select per array (faster than 2-D advanced indexing).
-        n = num_envs * self.capacity
+        n = num_envs * self.capacity  # slot k of env e is row e * capacity + k of each array: one index_select gathers a batch
         self.frames = torch.zeros((n, *frame_shape), dtype=torch.uint8)
         self.actions = torch.zeros(n, dtype=torch.uint8)  # Atari has at most 18 actions
         self.rewards, self.bonuses = torch.zeros(n), torch.zeros(n)
@@ -359,14 +299,12 @@ class FrameReplayBuffer:
         self.count[envs] += 1
 
     def add(self, obs, actions, rewards, bonuses, terminated, truncated, restarted, final_obs=None):
-        """Store one vector step: s_t (`obs`), a_t, r_t, bonus(s_t) and the step's end flags;
-        for envs that `restarted` a game, also the ended game's last observation."""
+        """Store one vector step (s_t, a_t, r_t, bonus(s_t), end flags) and, where a game restarted, its last observation."""
         every = np.arange(self.num_envs)
         self._write(every, obs[:, -1], actions, rewards, bonuses, terminated, truncated, self._next_first, True)
         ended = np.flatnonzero(restarted)
         if len(ended):
-            no = np.zeros(len(ended), dtype=bool)
-            self._write(ended, final_obs[ended, -1], np.zeros(len(ended)), no, no, no, no, no, False)
+            self._write(ended, final_obs[ended, -1], 0, 0, 0, False, False, False, False)  # no action, reward or flags
         self._next_first = np.asarray(restarted, dtype=bool).copy()
 
     def stacks(self, env: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
@@ -381,14 +319,11 @@ class FrameReplayBuffer:
         return frames.mul_(keep[:, :, None, None])
 
     def end_games(self, obs: np.ndarray) -> None:
-        """End every env's game at observation `obs` (a checkpoint restarts the envs): the last
-        stored transition becomes truncated, `obs` is stored as the game's last observation for
-        it to bootstrap from (as at the time limit), and the next slot opens a game."""
+        """End every game at `obs` (a checkpoint restarts the envs): its last transition is truncated, bootstrapping there."""
         going = np.flatnonzero(~self._next_first)  # envs whose current game has a stored transition
         if len(going):
             self.truncated[self._rows(going, self.count[going] - 1)] = True
-            no = np.zeros(len(going), dtype=bool)
-            self._write(going, obs[going, -1], np.zeros(len(going)), no, no, no, no, no, False)
+            self._write(going, obs[going, -1], 0, 0, 0, False, False, False, False)
         self._next_first[:] = True
 
     def state_dict(self) -> dict:
@@ -411,8 +346,7 @@ class FrameReplayBuffer:
         if sizes.sum() == 0:
             raise RuntimeError("replay buffer holds no complete transition yet")
         cum = np.cumsum(sizes)
-        env = np.empty(batch_size, dtype=np.int64)
-        slot = np.empty(batch_size, dtype=np.int64)
+        env, slot = np.empty(batch_size, dtype=np.int64), np.empty(batch_size, dtype=np.int64)
         todo = np.arange(batch_size)
         while len(todo):  # resample the rare final-observation slots (no action taken there)
             u = rng.integers(0, cum[-1], size=len(todo))
@@ -427,51 +361,7 @@ class FrameReplayBuffer:
         return ReplaySample(env, slot, obs, actions, *ends)
 
 
-def evaluate(model_path: str, env_id: str, eval_episodes: int, num_envs: int, device: torch.device, seed: int,
-             video_path: Optional[str] = None, epsilon: float = 0.05, stop=False) -> list[float]:  # fmt: skip
-    """Play `eval_episodes` full games (all lives) epsilon-greedily with the saved model; return
-    their raw scores. Each env plays a fixed quota of games, so short games are not over-represented."""
-    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
-    model = QNetwork(envs.single_action_space.n).to(device)
-    model.load_state_dict(torch.load(model_path, map_location=device))
-    rng, n = np.random.default_rng(seed), envs.num_envs
-    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
-    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
-    obs, _ = envs.reset(seed=seed)
-    while not stop and any(len(r) < q for r, q in zip(returns, quota)):  # a StopRequest ends it early
-        with torch.no_grad():
-            greedy = model(torch.from_numpy(obs).to(device)).argmax(dim=1).cpu().numpy()
-        actions = np.where(rng.random(n) < epsilon, rng.integers(0, envs.single_action_space.n, n), greedy)
-        if video_path and not returns[0]:
-            frames.append(obs[0, -1].copy())
-        obs, reward, terminated, truncated, _ = envs.step(actions)
-        running += reward
-        for e in np.flatnonzero(terminated | truncated):
-            if len(returns[e]) < quota[e]:
-                returns[e].append(float(running[e]))
-            running[e] = 0.0
-    envs.close()
-    if video_path:
-        save_gif(frames, video_path)
-    return [r for per_env in returns for r in per_env]
-
-
-# ----------------------------------------------------------------------------------------------
-# identical in all four scripts: tests/test_copies.py. Environment, command line and resume,
-# logging, checkpoints, stop signals, progress, videos: plumbing, not the paper.
-# ----------------------------------------------------------------------------------------------
-
-
-def require(*checks: tuple[bool, str]) -> None:
-    """Raise ValueError with the message of every failed (ok, message) check; tyro shows it,
-    naming the option, and exits with status 2 before anything is built."""
-    failed = [message for ok, message in checks if not ok]
-    if failed:
-        raise ValueError("; ".join(failed))
-
-
-# Building one env is ~0.1 s of C++ that no signal interrupts (0.085 s each for 128 on 2 cores, 2026-12-02).
-MAX_ENVS = 512
+# Environment: DQN-Nature Atari on ale-py's C++ vector env (the same in all four scripts) -----------------------------
 
 
 def ale_game_name(env_id: str) -> str:
@@ -486,20 +376,17 @@ def ale_game_name(env_id: str) -> str:
 
 
 def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_episode_frames: int = 108_000):
-    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame
-    stack, up to 30 no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting).
-    Rewards are raw (clip them for training; log real scores). Autoreset is SameStep: every step
-    is a real transition, and an ended game's last observation is in info["final_obs"]. With
-    `life_loss_terminal` a lost life sets `terminated` while the game goes on (DQN's
-    EpisodicLifeEnv; ale-py's `episodic_life` would restart the game): see `game_restarted`.
-    """
+    """DQN-Nature Atari: 84x84 grayscale, max-pool over the last 2 of 4 skipped frames, 4-frame stack, up to 30
+    no-ops and FIRE at reset, no sticky actions (the paper's NoFrameskip setting). Rewards are raw (clip them for
+    training; log real scores). Autoreset is SameStep: every step is a real transition, and an ended game's last
+    observation is in info["final_obs"]. With `life_loss_terminal` a lost life sets `terminated` while the game
+    goes on (DQN's EpisodicLifeEnv; ale-py's `episodic_life`, off, would restart the game): see `game_restarted`."""
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(
         game=ale_game_name(env_id),
         num_envs=num_envs,
         autoreset_mode="SameStep",
-        episodic_life=False,
         life_loss_info=life_loss_terminal,
         reward_clipping=False,
         repeat_action_probability=0.0,
@@ -508,251 +395,29 @@ def make_env(env_id: str, num_envs: int, life_loss_terminal: bool = True, max_ep
 
 
 def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, prev_info: dict) -> np.ndarray:
-    """Which envs started a new game in this step. A truncation always does; a `terminated` is a
-    game over, not a life loss, when the game's frame counter went back or the lives did not
-    drop (each signal alone has a blind spot: a game shorter than the no-op reset, bonus lives).
-    """
+    """Which envs started a new game in this step. A truncation always does; a `terminated` is a game over, not a
+    life loss, when the game's frame counter went back or the lives did not drop (each signal alone has a blind
+    spot: a game shorter than the no-op reset, bonus lives)."""
     frame_went_back = info["episode_frame_number"] < prev_info["episode_frame_number"]
     lives_kept = info["lives"] >= prev_info["lives"]
     return truncated | (terminated & (frame_went_back | lives_kept))
 
 
-# The options a resumed run may change; the others are the checkpoint's (a name a script lacks is skipped).
-RESUME_MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+# Training: epsilon-greedy acting, one TD step on the soft target per --train-frequency env steps ---------------------
 
 
-def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
-    """tyro.cli(Args), and the checkpoint with --resume PATH: its saved options are then tyro's
-    defaults, so the command line overrides them in any spelling tyro accepts."""
-    prog = os.path.basename(__file__)
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    peek.add_argument("--resume")
-    path = peek.parse_known_args(argv)[0].resume
-    if path is None:
-        return tyro.cli(Args, args=argv), None
-    if not os.path.isfile(path):
-        sys.exit(f"{prog}: error: --resume {path}: no such checkpoint file")
-    checkpoint = load_checkpoint(path)
-    try:
-        options = checkpoint["args"].keys() ^ {field.name for field in fields(Args)}
-    except Exception:
-        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (it has no options)")
-    if options:
-        sys.exit(f"{prog}: error: --resume {path}: not a checkpoint of this script (its options differ: {sorted(options)})")
-    saved = Args.__new__(Args)  # the saved options, unchecked: tyro checks them once the command line is applied
-    vars(saved).update(checkpoint["args"])
-    args = tyro.cli(Args, args=argv, default=saved)
-    fixed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in RESUME_MAY_CHANGE and v != vars(saved)[k]]
-    if fixed:
-        sys.exit(f"{prog}: error: --resume {path}: {', '.join(fixed)} cannot change in a resumed run (it keeps its options)")
-    if args.total_timesteps < (step := checkpoint["global_step"]):
-        sys.exit(f"{prog}: error: --total-timesteps {args.total_timesteps} is below the checkpoint's step {step}")
-    return args, checkpoint
-
-
-def select_device(cuda: bool) -> tuple[torch.device, str]:
-    """The device to run on, and one line saying which and why (printed, and logged with the
-    hyperparameters): the GPU, or why --cuda found none (no CUDA build, no device, a driver
-    too old for this torch: torch's own warning)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        usable = torch.cuda.is_available()
-    versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}"
-    if cuda and usable:
-        return torch.device("cuda"), f"device: cuda ({torch.cuda.get_device_name()}; {versions})"
-    why = ("--no-cuda" if not cuda else "--cuda: this torch has no CUDA" if torch.version.cuda is None
-           else f"--cuda: no usable GPU ({caught[0].message})" if caught else "--cuda: no GPU found")  # fmt: skip
-    return torch.device("cpu"), f"device: cpu ({versions}; {why})"
-
-
-def start_run(args: Args, checkpoint: Optional[dict], device: str) -> tuple[str, str, SummaryWriter, Optional[str]]:
-    """(run_name, run_dir, TensorBoard writer, wandb run id with --track). A new run writes to
-    runs/{run_name}; a resumed one appends to the directory that holds its checkpoint, wherever
-    it is started from, and TensorBoard drops what was logged after the checkpoint (purge_step).
-    Each start logs its options and `device` (a resumed run may change a few, and the device)."""
-    prog = os.path.basename(__file__)
-    if checkpoint:
-        run_name, run_dir = checkpoint["run_name"], os.path.dirname(os.path.abspath(args.resume))
-        if not os.access(run_dir, os.W_OK):
-            sys.exit(f"{prog}: error: cannot write to the checkpoint's run directory {run_dir}")
-    else:  # a directory of its own: a run started in the same second (another variant, say) gets a suffix
-        run_name = base = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        for k in range(2, 1000):
-            try:
-                os.makedirs(f"runs/{run_name}")
-                break
-            except FileExistsError:
-                run_name = f"{base}-{k}"
-            except OSError as e:
-                sys.exit(f"{prog}: error: cannot create the run directory runs/{run_name}: {e.strerror}")
-        run_dir = f"runs/{run_name}"
-    config = {**vars(args), "device": device}
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=config,
-            name=run_name,
-            id=checkpoint["wandb_id"] if checkpoint else None,
-            resume="allow",
-            save_code=True,
-        )
-    step = checkpoint["global_step"] if checkpoint else 0
-    writer = SummaryWriter(run_dir, purge_step=step + 1 if checkpoint else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in config.items()), step)
-    return run_name, run_dir, writer, wandb.run.id if args.track else (checkpoint or {}).get("wandb_id")
-
-
-def checksum(x, digest=None) -> str:
-    """SHA-256 of a checkpoint's state: the bytes of each tensor and array, the repr of every other value."""
-    digest = digest or hashlib.sha256()
-    if isinstance(x, dict):
-        for key in sorted(x, key=str):
-            checksum((key, x[key]), digest)
-    elif isinstance(x, (list, tuple)):
-        for item in x:
-            checksum(item, digest)
-    elif isinstance(x, (torch.Tensor, np.ndarray)):
-        digest.update(np.ascontiguousarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x).reshape(-1).view(np.uint8))
-    else:
-        digest.update(repr(x).encode())
-    return digest.hexdigest()
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """torch.save `state` and its checksum to `path` atomically (write, then rename). A crash, a
-    signal or a full disk mid-write leaves the previous checkpoint intact and no `.tmp`; a failed
-    write stops the run, naming the path and the cause."""
-    tmp, folder = path + ".tmp", os.path.dirname(os.path.abspath(path))
-    try:
-        torch.save({**state, "checksum": checksum(state)}, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        full = os.path.isdir(folder) and shutil.disk_usage(folder).free < 2**20  # before the partial file goes
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if not isinstance(e, (OSError, RuntimeError)):
-            raise
-        cause = "the disk is full" if full else getattr(e, "strerror", None) or str(e).strip().splitlines()[-1]
-        sys.exit(f"{os.path.basename(__file__)}: error: cannot write the checkpoint {path}: {cause}; "
-                 "the previous checkpoint, if any, is intact")  # fmt: skip
-
-
-def load_checkpoint(path: str) -> dict:
-    """The checkpoint at `path`, its checksum verified; one line and exit status 1 when it is not a
-    checkpoint, is truncated, or has changed since it was written. Tensors are memory-mapped from
-    the file (a saved replay memory is not held twice)."""
-    prog, size = os.path.basename(__file__), os.path.getsize(path)
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    if not zipfile.is_zipfile(path):
-        why = "truncated: the write did not finish" if is_zip else "not a checkpoint (not a torch.save archive)"
-        sys.exit(f"{prog}: error: --resume {path}: {why} ({size:,} bytes)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file: trusted
-    except Exception as e:
-        sys.exit(f"{prog}: error: --resume {path}: corrupted, it cannot be read ({str(e).strip().splitlines()[-1]})")
-    saved = checkpoint.pop("checksum", None) if isinstance(checkpoint, dict) else None
-    if saved is not None and saved != checksum(checkpoint):
-        sys.exit(f"{prog}: error: --resume {path}: corrupted: its contents differ from the checksum written with it")
-    return checkpoint
-
-
-def restart_seed(seed: int, global_step: int) -> int:
-    """The env seed for games (re)started at `global_step`: the run's seed at step 0; when a
-    checkpoint restarts the games, a seed derived from it and the step, the same in a run that
-    goes on and in one resumed there."""
-    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
-
-
-def crossed(step: int, stride: int, every: int) -> bool:
-    """Whether the last `stride` steps up to `step` crossed a multiple of `every`."""
-    return step // every > (step - stride) // every
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) ask the run to stop at the end of
-    the current update (and an evaluation after its current step), where it writes a final
-    checkpoint and closes its logs. A second signal only says so: an impatient second Ctrl-C
-    must not lose the run. A third stops at once; the last checkpoint on disk stays intact."""
-
-    def __init__(self):
-        self.signum, self.count = None, 0
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        self.count += 1
-        name = signal.Signals(signum).name
-        if self.count == 1:
-            self.signum = signum
-            print(f"\n{name}: stopping after this update, with a checkpoint", file=sys.stderr)
-        elif self.count == 2:
-            print(f"\n{name}: still stopping after this update, to keep it; a third signal stops at once, without it",
-                  file=sys.stderr)  # fmt: skip
-        else:
-            print(f"\n{name}: stopping now; the last checkpoint on disk is intact", file=sys.stderr)
-            sys.exit(128 + signum)
-
-    def exit(self, message: str) -> None:
-        """Say where the run stopped and how to go on; exit with status 128 + signal number."""
-        print(f"{signal.Signals(self.signum).name}: {message}", file=sys.stderr)
-        sys.exit(128 + self.signum)
-
-
-class Progress:
-    """Every 10 s, one plain line (the same on a terminal and in a log file): steps, SPS and
-    ETA over the last 10 s (a run's speed changes: DQN's warm-up is much faster than its
-    training), and the mean return of the last 20 games (`returns`, appended by the loop)."""
-
-    def __init__(self, total: int, step: int, every: float = 10.0):
-        self.total, self.step, self.every, self.time = total, step, every, time.time()
-        self.returns = collections.deque(maxlen=20)
-
-    def __call__(self, step: int) -> None:
-        now = time.time()
-        if now - self.time >= self.every:
-            sps = (step - self.step) / (now - self.time)
-            eta = datetime.timedelta(seconds=round((self.total - step) / max(sps, 1e-9)))
-            ret = f"{np.mean(self.returns):.1f}" if self.returns else "-"
-            print(f"{step:,}/{self.total:,} steps | {sps:,.0f} SPS | return {ret} (last 20 games) | ETA {eta}", flush=True)
-            self.step, self.time = step, now
-
-
-def video_schedule(game_index: int) -> bool:
-    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
-    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
-
-
-def save_gif(frames: list, path: str, fps: int = 15) -> None:
-    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
-    from PIL import Image
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-
-
-if __name__ == "__main__":
+def main():
     args, checkpoint = parse_args()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # until the envs are built (uninterruptible C++), a signal ends it
-    device, device_line = select_device(args.cuda)
-    print(device_line, flush=True)
-    run_name, run_dir, writer, wandb_id = start_run(args, checkpoint, device_line)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    print(f"device: {device} (torch {torch.__version__}, CUDA {torch.version.cuda})", flush=True)
+    run_name, run_dir, writer = start_run(args, checkpoint)
+    torch.manual_seed(args.seed)  # the networks' initialization; every other draw has a generator of its own
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
 
     envs = make_env(args.env_id, args.num_envs)
-    stop = StopRequest()  # from here on, Ctrl-C / SIGTERM stop the run after a checkpoint
+    signal.signal(signal.SIGINT, stop_softly)
+    signal.signal(signal.SIGTERM, stop_softly)
     num_actions = envs.single_action_space.n
     q_network = QNetwork(num_actions).to(device)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=True)  # one kernel, not one per tensor
@@ -761,10 +426,9 @@ if __name__ == "__main__":
     rb = FrameReplayBuffer(args.buffer_size, args.num_envs, args.n_step)
     bonus_needed = args.tau > 0 and args.n_step > 1  # n-step targets use every stored state's bonus (eq. 46)
 
-    def q_values(obs: torch.Tensor) -> torch.Tensor:
-        """Q(s, .) for acting (and the soft bonus of eq. 46), without autograd."""
-        with torch.no_grad():
-            return q_network(obs)
+    @torch.no_grad()
+    def q_values(obs: torch.Tensor) -> torch.Tensor:  # Q(s, .) for acting (and the soft bonus of eq. 46)
+        return q_network(obs)
 
     def update(obs, next_obs, actions, returns, bootstrap_discount) -> tuple[torch.Tensor, ...]:
         """The TD loss of the target (eqs. 81-83, 46; Munchausen's bonus with --munchausen-alpha) and its
@@ -798,13 +462,14 @@ if __name__ == "__main__":
             rb.load_state_dict(checkpoint["replay"])
         else:  # the replay was not saved: collect --learning-starts new steps before updating again
             train_from, updates_before = global_step + args.learning_starts, num_updates
+            print(f"no replay memory in the checkpoint: collecting {args.learning_starts:,} steps before updating again")
     obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
-    game_return, game_length = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64)
-    progress, start_time, start_step = Progress(args.total_timesteps, global_step), time.time(), global_step
+    game_return, game_length, episodic_returns = np.zeros(args.num_envs), np.zeros(args.num_envs, dtype=np.int64), []
+    start_time, start_step, last_report = time.time(), global_step, [time.time(), global_step]
     checkpoint_path = f"{run_dir}/checkpoint.pt"
     exploration_steps = max(1, int(args.exploration_fraction * args.total_timesteps))
     while global_step < args.total_timesteps:
-        epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+        epsilon = max((args.end_e - args.start_e) / exploration_steps * global_step + args.start_e, args.end_e)
         explore = rng.random(args.num_envs) < epsilon
         actions = rng.integers(0, num_actions, args.num_envs)
         bonus = np.zeros(args.num_envs, dtype=np.float32)
@@ -825,7 +490,7 @@ if __name__ == "__main__":
         for e in np.flatnonzero(restarted):
             writer.add_scalar("charts/episodic_return", game_return[e], global_step)
             writer.add_scalar("charts/episodic_length", game_length[e], global_step)
-            progress.returns.append(game_return[e])
+            episodic_returns.append(game_return[e])
             if e == 0:
                 if video_frames:
                     save_gif(video_frames + [info["final_obs"][0, -1]], f"videos/{run_name}/train-game-{games_env0}.gif")
@@ -840,61 +505,196 @@ if __name__ == "__main__":
             batch = rb.sample(args.batch_size, rng)
             returns, discount, offset = n_step_returns(*batch[4:], args.gamma)  # rewards, bonuses, terminated, truncated
             next_obs_batch = rb.stacks(batch.env, batch.slot + offset)
-            inputs = to_device(device, batch.obs, next_obs_batch, batch.actions, returns, discount)
+            inputs = (batch.obs, next_obs_batch, batch.actions, returns, discount)
+            if device.type == "cuda":  # staged in pinned memory, copied asynchronously: the host does not wait for the GPU
+                inputs = [t.pin_memory().to(device, non_blocking=True) for t in inputs]
             loss, q_all, munchausen = update(*inputs)
             optimizer.step()
             num_updates += 1
             if not torch.isfinite(loss):  # a NaN/inf step was taken: stop before the next one
                 where = f"at global_step {global_step}, update {num_updates}"
-                sys.exit(f"{os.path.basename(__file__)}: error: non-finite losses/td_loss ({loss.item()}) {where}")
+                sys.exit(f"{PROG}: error: non-finite losses/td_loss ({loss.item()}) {where}")
             if num_updates % 100 == 0:
-                q_taken = q_all.gather(1, inputs[2][:, None])
                 writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                writer.add_scalar("losses/q_values", q_taken.mean().item(), global_step)
+                writer.add_scalar("losses/q_values", q_all.gather(1, inputs[2][:, None]).mean().item(), global_step)
                 writer.add_scalar("charts/policy_entropy", boltzmann_entropy(q_all, args.tau).mean().item(), global_step)
                 if munchausen is not None:
                     writer.add_scalar("losses/munchausen_term", munchausen.mean().item(), global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
 
-        # Target network: copied every `target_network_frequency` env steps.
-        if global_step > args.learning_starts and crossed(global_step, args.num_envs, args.target_network_frequency):
+        if global_step > args.learning_starts and global_step % args.target_network_frequency < args.num_envs:
             target_network.load_state_dict(q_network.state_dict())
-        progress(global_step)
+        report(global_step, args.total_timesteps, episodic_returns, last_report, learning_starts=train_from)
 
-        last = global_step >= args.total_timesteps
-        if stop.signum or (args.checkpoint_every > 0 and (last or crossed(global_step, args.num_envs, args.checkpoint_every))):
+        every, last = args.checkpoint_every, global_step >= args.total_timesteps
+        if STOP or (every > 0 and (last or global_step % every < args.num_envs)):
             # The envs' state cannot be saved, so a checkpoint ends the games in progress, here and in a
             # run resumed from it (truncated, bootstrapping from this observation, not logged as games).
             rb.end_games(obs)
-            save_checkpoint(checkpoint_path, dict(
-                args=vars(args), run_name=run_name, wandb_id=wandb_id, global_step=global_step, num_updates=num_updates,
-                games_env0=games_env0, q_network=q_network.state_dict(), target_network=target_network.state_dict(),
-                optimizer=optimizer.state_dict(), rng=rng.bit_generator.state,
-                replay=rb.state_dict() if args.checkpoint_replay else None,
-            ))  # fmt: skip
-            if stop.signum:
+            state = dict(args=vars(args), global_step=global_step, num_updates=num_updates, games_env0=games_env0)
+            state |= dict(q_network=q_network.state_dict(), target_network=target_network.state_dict())
+            state |= dict(optimizer=optimizer.state_dict(), rng=rng.bit_generator.state)
+            save_checkpoint(checkpoint_path, state | dict(replay=rb.state_dict() if args.checkpoint_replay else None))
+            if STOP:
                 break
             obs, info = envs.reset(seed=restart_seed(args.seed, global_step))
             game_return[:], game_length[:], video_frames = 0.0, 0, []
-    stopped = stop.signum is not None  # the loop wrote a checkpoint and broke off
+    stopped = bool(STOP)  # the loop wrote a checkpoint and broke off
     envs.close()
-    del envs  # torch.compile's caches can outlive this module's globals; free the C++ env now
 
     if args.save_model and not stopped:
         model_path = f"{run_dir}/{args.exp_name}.cleanrl_model"
         torch.save(q_network.state_dict(), model_path)
         print(f"model saved to {model_path}")
         video_path = f"videos/{run_name}/eval-game-0.gif" if args.capture_video else None
-        returns = evaluate(
-            model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path, stop=stop
-        )
-        for idx, episodic_return in enumerate(returns):
+        eval_returns = evaluate(model_path, args.env_id, args.eval_episodes, args.num_envs, device, args.seed + 1, video_path)
+        for idx, episodic_return in enumerate(eval_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
-        print(f"eval: mean episodic return {np.mean(returns or [np.nan]):.2f} over {len(returns)} games")
+        print(f"eval: mean episodic return {np.mean(eval_returns or [np.nan]):.2f} over {len(eval_returns)} games")
     writer.close()
-    if stopped:
-        go_on = f"python {os.path.basename(__file__)} --resume {checkpoint_path}"
-        stop.exit(f"checkpoint written at global_step {global_step}; continue with: {go_on}")
-    if stop:  # during the evaluation
-        stop.exit(f"evaluation stopped after {len(returns)} of {args.eval_episodes} games; the model is in {model_path}")
+    if STOP:  # after the checkpoint, or during the evaluation (which a signal cuts short)
+        then = f"continue with: python {PROG} --resume {checkpoint_path}" if stopped else "evaluation cut short"
+        print(f"{signal.Signals(STOP['signum']).name}: {then}", file=sys.stderr)
+        sys.exit(128 + STOP["signum"])
+
+
+def evaluate(model_path, env_id, eval_episodes, num_envs, device, seed, video_path=None, epsilon=0.05) -> list[float]:
+    """Play `eval_episodes` full games (all lives) epsilon-greedily with the saved model; return their raw scores.
+    Each env plays a fixed quota of games, so short games are not over-represented."""
+    envs = make_env(env_id, min(num_envs, eval_episodes), life_loss_terminal=False)
+    model = QNetwork(envs.single_action_space.n).to(device)
+    model.load_state_dict(torch.load(model_path, map_location=device))
+    rng, n = np.random.default_rng(seed), envs.num_envs
+    quota = [len(games) for games in np.array_split(np.arange(eval_episodes), n)]
+    returns, running, frames = [[] for _ in range(n)], np.zeros(n), []
+    obs, _ = envs.reset(seed=seed)
+    while not STOP and any(len(r) < q for r, q in zip(returns, quota)):  # a signal (STOP) ends it early
+        with torch.no_grad():
+            greedy = model(torch.from_numpy(obs).to(device)).argmax(dim=1).cpu().numpy()
+        actions = np.where(rng.random(n) < epsilon, rng.integers(0, envs.single_action_space.n, n), greedy)
+        if video_path and not returns[0]:
+            frames.append(obs[0, -1].copy())
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        running += reward
+        for e in np.flatnonzero(terminated | truncated):
+            if len(returns[e]) < quota[e]:
+                returns[e].append(float(running[e]))
+            running[e] = 0.0
+    envs.close()
+    if video_path:
+        save_gif(frames, video_path)
+    return [r for per_env in returns for r in per_env]
+
+
+# identical in all four scripts: tests/test_copies.py. Plumbing, not the paper: resume, checkpoints, signals. ---------
+
+MAY_CHANGE = "resume total_timesteps checkpoint_every checkpoint_replay track cuda compile cudagraphs".split()
+STOP = {}  # "signum": the first SIGINT or SIGTERM, once it came (`stop_softly`)
+PROG = os.path.basename(__file__)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[Args, Optional[dict]]:
+    """tyro.cli(Args); with --resume, also the checkpoint, whose options become the defaults (but MAY_CHANGE's)."""
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--resume")
+    path = peek.parse_known_args(argv)[0].resume
+    if path is None:
+        return tyro.cli(Args, args=argv), None
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("args", {}).keys() != {f.name for f in fields(Args)}:
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint of this script")
+    saved = Args.__new__(Args)  # unchecked: tyro checks the options once the command line is applied
+    vars(saved).update(checkpoint["args"])
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if k not in MAY_CHANGE and v != vars(saved)[k]]
+    if changed:
+        sys.exit(f"{PROG}: error: --resume {path}: {', '.join(changed)} cannot change in a resumed run")
+    return args, checkpoint
+
+
+def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, SummaryWriter]:
+    """(run_name, run_dir, TensorBoard writer). A new run gets runs/{run_name} of its own; a resumed one appends
+    to its checkpoint's directory (and wandb run), and TensorBoard drops what was logged after the checkpoint."""
+    if checkpoint:
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+    else:
+        run_dir = f"runs/{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        try:
+            os.makedirs(run_dir)
+        except FileExistsError:  # another run started in the same second
+            run_dir += f"-{os.getpid()}"
+    run_name = os.path.basename(run_dir)
+    if args.track:
+        import wandb
+
+        kwargs = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
+        wandb.init(**kwargs, sync_tensorboard=True, name=run_name, id=run_name, resume="allow")
+    writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return run_name, run_dir, writer
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save to PATH.tmp, then rename: a crash, a signal or a full disk mid-write leaves the last one intact."""
+    try:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except (OSError, RuntimeError) as e:  # a full disk, say
+        sys.exit(f"{PROG}: error: cannot write {path} ({e}); the previous checkpoint is intact, {path}.tmp may be partial")
+
+
+def load_checkpoint(path: str) -> dict:
+    """The checkpoint at `path` once zipfile has checked its CRC-32s (torch.load does not); else one line, exit 1."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if damaged := archive.testzip():
+                raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
+    except (OSError, zipfile.BadZipFile) as e:
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint, or damaged ({e})")
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file; tensors not read twice
+
+
+def restart_seed(seed: int, global_step: int) -> int:
+    """The envs' seed at `global_step` (a checkpoint restarts the games): the same in a run and in its resumption."""
+    return seed if global_step == 0 else int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0] >> 2)
+
+
+def stop_softly(signum, frame) -> None:
+    """The SIGINT (Ctrl-C) and SIGTERM (preemption) handler, set once the envs are built: the first lets the run
+    finish its update and write a checkpoint (STOP is then set); a second exits at once, the checkpoint intact."""
+    if STOP:
+        sys.exit(128 + signum)
+    STOP["signum"] = signum
+    print(f"\n{signal.Signals(signum).name}: stopping after this update, with a checkpoint", file=sys.stderr)
+
+
+def report(step: int, total: int, returns: list, last: list, learning_starts: int = 0) -> None:
+    """Every 10 s one line: steps, SPS and ETA over the last 10 s (`last` = [time, step], updated), the mean return
+    of the last 20 games. No ETA before learning starts (DQN's warm-up is much faster than its training)."""
+    now = time.time()
+    if now - last[0] >= 10:
+        sps = (step - last[1]) / (now - last[0])
+        eta = datetime.timedelta(seconds=round((total - step) / max(sps, 1e-9)))
+        eta = f"ETA {eta}" if last[1] >= learning_starts else f"learning from step {learning_starts:,}, then an ETA"
+        mean = np.mean(returns[-20:] or [np.nan])
+        print(f"{step:,}/{total:,} steps | {sps:,.0f} SPS | return {mean:.1f} (last 20 games) | {eta}", flush=True)
+        last[:] = now, step
+
+
+def video_schedule(game_index: int) -> bool:
+    """Record games 0, 1, 8, 27, ..., 729, then every 1000th (gymnasium's capped cubic)."""
+    return round(game_index ** (1 / 3)) ** 3 == game_index if game_index < 1000 else game_index % 1000 == 0
+
+
+def save_gif(frames: list, path: str, fps: int = 15) -> None:
+    """What the agent sees (84x84 grayscale), at the agent's 15 decisions per second."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+if __name__ == "__main__":
+    main()
