@@ -98,8 +98,7 @@ def perturbed_copy(first: int, scale: float = 1e-6) -> None:
     g = torch.Generator().manual_seed(12345)
     for tensor in state["agent"].values():
         tensor += scale * tensor.std(correction=0) * torch.randn(tensor.shape, generator=g)
-    state.pop("checksum", None)  # changed on purpose: --resume loads it unchecked (as one older than checksums)
-    run_dir = RESULTS / "pg_eps" / "runs" / state["run_name"]
+    run_dir = RESULTS / "pg_eps" / "runs" / "pg_eps"  # a resumed run is named after its checkpoint's directory
     run_dir.mkdir(parents=True, exist_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)

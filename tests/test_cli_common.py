@@ -16,19 +16,15 @@ MODULES = {script: importlib.import_module(script[: -len(".py")]) for script in 
 BAD_INPUT = [
     ("soft_dqn.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
     ("soft_dqn.py", ["--tau", "-0.1"], "--tau must be a finite number >= 0"),
-    ("soft_dqn.py", ["--n-step", "0"], "--n-step must be >= 1"),
-    ("soft_dqn.py", ["--num-envs", "0"], "--num-envs must be in [1, 512]"),
-    ("a2c_entropy.py", ["--num-envs", "10000"], "--num-envs must be in [1, 512]: each env takes ~0.1 s to build"),
-    ("pgql_equiv.py", ["--num-envs", "513"], "--num-envs must be in [1, 512]"),
-    ("natural_pg_damped.py", ["--num-envs", "10000"], "--num-envs must be in [1, 512]"),
-    ("soft_dqn.py", ["--buffer-size", "1000000000"], "--buffer-size 1,000,000,000 needs 7,069.0 GB of memory for the replay"),
-    ("soft_dqn.py", ["--batch-size", "64", "--buffer-size", "32"], "--batch-size 64 is larger than --buffer-size"),
-    ("soft_dqn.py", ["--learning-starts", "16"], "--learning-starts must be >= 32 to sample a whole batch"),
+    ("soft_dqn.py", ["--n-step", "0"], "--n-step and --num-envs must be >= 1"),
+    ("soft_dqn.py", ["--num-envs", "0"], "--n-step and --num-envs must be >= 1"),
+    ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs and --num-steps must be >= 1"),
+    ("pgql_equiv.py", ["--num-steps", "0"], "--num-envs and --num-steps must be >= 1"),
+    ("natural_pg_damped.py", ["--num-envs", "0"], "--num-envs and --num-steps must be >= 1"),
+    ("soft_dqn.py", ["--buffer-size", "1000000000"], "--buffer-size 1,000,000,000 needs 7,069.0 GB of memory"),
     ("soft_dqn.py", ["--learning-starts", "20000000"], "--learning-starts must be below --total-timesteps"),
     ("soft_dqn.py", ["--buffer-size", "40", "--batch-size", "8", "--num-envs", "8"], "leaves 5 slots per env"),
-    ("soft_dqn.py", ["--learning-rate", "nan"], "--learning-rate must be a finite number > 0"),
     ("soft_dqn.py", ["--end-e", "2"], "need 0 <= --end-e <= --start-e <= 1"),
-    ("soft_dqn.py", ["--exploration-fraction", "0"], "--exploration-fraction must be in (0, 1]"),
     ("soft_dqn.py", ["--train-frequency", "0"], "--*-frequency must be >= 1"),
     ("soft_dqn.py", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
     ("soft_dqn.py", ["--eval-episodes", "0"], "--eval-episodes must be >= 1"),
@@ -41,48 +37,34 @@ BAD_INPUT = [
     ("soft_dqn.py", ["--munchausen-alpha", "0.9", "--n-step", "3"], "--regularizer entropy and --n-step 1"),
     ("soft_dqn.py", ["--munchausen-alpha", "-1"], "--munchausen-alpha must be finite, >= 0: -1.0"),
     ("soft_dqn.py", ["--munchausen-alpha", "inf"], "--munchausen-alpha must be finite, >= 0: inf"),
-    ("soft_dqn.py", ["--munchausen-l0", "0.5"], "--munchausen-l0 must be a finite number <= 0"),
-    ("soft_dqn.py", ["--cudagraphs", "--no-cuda"], "--cudagraphs needs --compile"),
-    ("soft_dqn.py", ["--compile", "--cudagraphs", "--no-cuda"], "--cudagraphs needs a CUDA device"),
-    ("soft_dqn.py", ["--checkpoint-every", "-1"], "--checkpoint-every >= 0"),
+    ("soft_dqn.py", ["--munchausen-l0", "0.5"], "--munchausen-l0 must be finite, <= 0: 0.5"),
+    ("soft_dqn.py", ["--cudagraphs", "--no-cuda"], "--cudagraphs needs --compile and CUDA"),
     ("a2c_entropy.py", ["--env-id", "FooBarNoFrameskip-v4"], "unknown game 'FooBarNoFrameskip-v4'"),
     ("a2c_entropy.py", ["--tau", "-0.01"], "--tau must be a finite number >= 0"),
     ("a2c_entropy.py", ["--tau", "inf"], "--tau must be a finite number >= 0"),
-    ("a2c_entropy.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
-    ("a2c_entropy.py", ["--num-envs", "0"], "--num-envs must be in [1, 512]"),
-    (
-        "a2c_entropy.py",
-        ["--total-timesteps", "50"],
-        "--total-timesteps 50 is less than one rollout (--num-envs * --num-steps = 80)",
-    ),
+    ("a2c_entropy.py", ["--total-timesteps", "50"], "--total-timesteps must be >= --num-envs * --num-steps = 80"),
     ("a2c_entropy.py", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
     ("a2c_entropy.py", ["--learning-rate", "0"], "--learning-rate must be a finite number > 0"),
-    ("a2c_entropy.py", ["--vf-coef", "-1"], "--vf-coef must be a finite number >= 0"),
-    ("a2c_entropy.py", ["--max-grad-norm", "0"], "--max-grad-norm must be > 0"),
+    ("a2c_entropy.py", ["--vf-coef", "-1"], "--vf-coef must be >= 0 and --max-grad-norm > 0"),
+    ("a2c_entropy.py", ["--max-grad-norm", "0"], "--vf-coef must be >= 0 and --max-grad-norm > 0"),
     ("a2c_entropy.py", ["--entropy-mode", "foo"], "invalid choice 'foo' for argument '--entropy-mode'"),
     ("a2c_entropy.py", ["--regularizer", "l2"], "invalid choice 'l2' for argument '--regularizer'"),
     ("a2c_entropy.py", ["--num-steps", "five"], "Error parsing --num-steps"),
     ("a2c_entropy.py", ["--seed", "-1"], "--seed must be in [0, 2**31 - 2**16)"),
-    ("a2c_entropy.py", ["--rmsprop-eps", "inf"], "--rmsprop-eps must be a finite number > 0"),
     ("pgql_equiv.py", ["--update", "ql", "--tau", "0"], "--tau 0 has no soft Q-function"),
-    ("pgql_equiv.py", ["--tau", "0"], "for plain A2C pass --equiv-check-every 0"),
+    ("pgql_equiv.py", ["--tau", "0"], "(plain A2C: --equiv-check-every 0)"),
     ("pgql_equiv.py", ["--tau", "-1"], "--tau must be a finite number >= 0"),
     ("pgql_equiv.py", ["--equiv-check-every", "-1"], "--equiv-check-every must be >= 0"),
     ("pgql_equiv.py", ["--update", "sarsa"], "invalid choice 'sarsa' for argument '--update'"),
-    ("pgql_equiv.py", ["--num-steps", "0"], "--num-steps must be >= 1"),
     ("pgql_equiv.py", ["--env-id", "NoSuchGame-v4"], "unknown game 'NoSuchGame-v4'"),
-    ("pgql_equiv.py", ["--checkpoint-every", "-5"], "--checkpoint-every must be >= 0"),
     ("natural_pg_damped.py", ["--seed", str(2**31)], "--seed must be in [0, 2**31 - 2**16)"),
     ("natural_pg_damped.py", ["--eps", "0"], "--eps must be in (0, 1]"),
     ("natural_pg_damped.py", ["--eps", "1.5"], "--eps must be in (0, 1]"),
     ("natural_pg_damped.py", ["--tau", "0"], "--tau must be a finite number > 0"),
     ("natural_pg_damped.py", ["--cg-iters", "0"], "--cg-iters and --diagnostic-every must be >= 1"),
     ("natural_pg_damped.py", ["--diagnostic-every", "0"], "--cg-iters and --diagnostic-every must be >= 1"),
-    ("natural_pg_damped.py", ["--fvp-fraction", "0"], "--fvp-fraction must be in (0, 1]"),
-    ("natural_pg_damped.py", ["--cg-damping", "-1"], "--cg-damping must be a finite number >= 0"),
     ("natural_pg_damped.py", ["--max-kl", "0"], "--max-kl must be a finite number > 0"),
-    ("natural_pg_damped.py", ["--policy-epochs", "0"], "--policy-epochs must be >= 1"),
-    ("natural_pg_damped.py", ["--value-lr", "-1"], "--value-lr must be a finite number > 0"),
+    ("natural_pg_damped.py", ["--policy-epochs", "0"], "--policy-epochs and --value-epochs must be >= 1"),
     ("natural_pg_damped.py", ["--num-minibatches", "400"], "--num-minibatches must be in [1, num-envs * num-steps = 320]"),
     ("natural_pg_damped.py", ["--solver", "trpo"], "invalid choice 'trpo' for argument '--solver'"),
     ("natural_pg_damped.py", ["--fisher", "diagonal"], "invalid choice 'diagonal' for argument '--fisher'"),
@@ -103,9 +85,9 @@ def test_bad_input_names_the_option_and_exits_2(capsys, script, argv, message):
     assert message in tyro_error(capsys)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_input_stops_before_anything_is_built(run_script, tmp_path, script):
-    proc = run_script(script, "--seed", "-1", fresh=True)
+def test_bad_input_stops_before_anything_is_built(run_script, tmp_path):
+    """As a real process (one script: the path from tyro to the exit is the block's `parse_args`, in all four)."""
+    proc = run_script("natural_pg_damped.py", "--seed", "-1", fresh=True)
     assert proc.returncode == 2 and "--seed must be in [0, 2**31 - 2**16)" in " ".join(
         proc.stderr.replace("\u2502", " ").split()
     )
@@ -141,7 +123,6 @@ def test_resume_takes_the_saved_options_as_defaults(checkpoint_file, spelling):
     [
         (["--num-envs", "8"], "--num-envs cannot change in a resumed run"),
         (["--save-model", "--tau", "0.5"], "--save-model, --tau cannot change in a resumed run"),
-        (["--total-timesteps", "500"], "--total-timesteps 500 is below the checkpoint's step 1000"),
     ],
 )
 def test_resume_refuses_what_it_cannot_do_in_one_line(checkpoint_file, argv, message):
@@ -165,7 +146,7 @@ def test_resume_applies_the_command_line_before_checking(tmp_path, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as stop:
             MODULES["soft_dqn.py"].parse_args(["--resume", str(tmp_path / "c.pt")])
-        assert stop.value.code == 2 and "--cudagraphs needs a CUDA device" in tyro_error(capsys)
+        assert stop.value.code == 2 and "--cudagraphs needs --compile and CUDA" in tyro_error(capsys)
     resumed, _ = MODULES["soft_dqn.py"].parse_args(["--resume", str(tmp_path / "c.pt"), "--no-cudagraphs"])
     assert resumed.compile and not resumed.cudagraphs
 
@@ -173,7 +154,7 @@ def test_resume_applies_the_command_line_before_checking(tmp_path, capsys):
 @pytest.mark.parametrize(
     "script, path, message",
     [
-        ("a2c_entropy.py", "no/such.pt", "--resume no/such.pt: no such checkpoint file"),
+        ("a2c_entropy.py", "no/such.pt", "--resume no/such.pt: not a checkpoint, or damaged ([Errno 2] No such file"),
         ("natural_pg_damped.py", "runs/run/checkpoint.pt", "not a checkpoint of this script"),
     ],
 )
@@ -245,3 +226,22 @@ def test_time_limit_truncation_runs_the_bootstrap_branch(monkeypatch, tmp_path, 
     lengths = [length for _, length in read_scalars(only_run_dir(tmp_path))["charts/episodic_length"]]
     assert len(lengths) >= 0.75 * games and max(lengths) <= 100
     assert max(step for step, _ in read_scalars(only_run_dir(tmp_path))["losses/value_loss"]) == total
+
+
+def test_the_progress_line_gives_no_eta_until_learning_runs(capsys, monkeypatch):
+    """Before: `python soft_dqn.py --tau 0.1` said "ETA 2:03:55" during the 80k warm-up steps, then "ETA 16:41:09"
+    once learning started. A line whose last 10 s include any warm-up step says when learning starts instead."""
+    import time
+
+    report = MODULES["soft_dqn.py"].report
+    clock = iter([100.0, 109.0, 120.0, 130.0])
+    monkeypatch.setattr(time, "time", lambda: next(clock))
+    last = [90.0, 0]
+    report(20_000, 1_000_000, [1.0, 3.0], last, learning_starts=80_000)  # warm-up, 2,000 SPS
+    report(21_000, 1_000_000, [], last, learning_starts=80_000)  # 9 s later: no line
+    report(80_100, 1_000_000, [1.0, 3.0], last, learning_starts=80_000)  # this interval still holds warm-up steps
+    report(82_100, 1_000_000, [float(r) for r in range(30)], last, learning_starts=80_000)  # learning, 200 SPS
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "20,000/1,000,000 steps | 2,000 SPS | return 2.0 (last 20 games) | learning from step 80,000, then an ETA"
+    assert out[1].endswith("| learning from step 80,000, then an ETA") and len(out) == 3
+    assert out[2] == "82,100/1,000,000 steps | 200 SPS | return 19.5 (last 20 games) | ETA 1:16:30"

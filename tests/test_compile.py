@@ -11,8 +11,8 @@ from conftest import SMOKE, scalars_of_runs, without_sps
 RUNS = {
     # n-step soft backup: acting computes Q at every step, so both compiled functions run
     "soft_dqn": ("soft_dqn.py", [*SMOKE["soft_dqn.py"], "--tau", "0.1", "--n-step", "3"]),
+    # pgql_equiv compiles the same network the same way (its losses, PG or QL, are eager): a2c_entropy's run covers it
     "a2c_entropy": ("a2c_entropy.py", SMOKE["a2c_entropy.py"]),
-    "pgql_equiv": ("pgql_equiv.py", [*SMOKE["pgql_equiv.py"], "--update", "ql"]),
     # damped-q: the compiled networks take the Adam steps, the compiled J v the diagnostic CG solve
     "natural_pg_damped": ("natural_pg_damped.py", [*SMOKE["natural_pg_damped.py"], "--diagnostic-every", "10"]),
 }

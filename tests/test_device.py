@@ -1,8 +1,6 @@
-"""What the scripts do about the device, checked on the CPU: the device line, channels-last
-networks kept so, pinned copies only on CUDA, the equivalence check's float32 precision, and
-checkpoints whose random state loads on any device. (benchmarks/gpu_check.sh runs the CUDA side.)"""
-
-import warnings
+"""What the scripts do about the device, checked on the CPU: channels-last networks kept so, the
+equivalence check's float32 precision, and checkpoints whose random state loads on any device.
+(benchmarks/gpu_check.sh runs the CUDA side.)"""
 
 import pytest
 import torch
@@ -13,32 +11,6 @@ import a2c_entropy
 import natural_pg_damped
 import pgql_equiv
 import soft_dqn
-
-
-def test_the_device_line_says_which_device_and_why_not_cuda(monkeypatch):
-    select = soft_dqn.select_device
-    assert select(False) == (
-        torch.device("cpu"),
-        f"device: cpu (torch {torch.__version__}, CUDA {torch.version.cuda}; --no-cuda)",
-    )
-
-    def unusable():  # what torch does when the driver is older than the wheel's CUDA
-        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 11040)")
-        return False
-
-    monkeypatch.setattr(torch.cuda, "is_available", unusable)
-    monkeypatch.setattr(torch.version, "cuda", "13.0")
-    device, line = select(True)
-    assert device == torch.device("cpu") and line.endswith("--cuda: no usable GPU (CUDA initialization: The NVIDIA driver "
-                                                           "on your system is too old (found version 11040)))")  # fmt: skip
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert select(True)[1].endswith("CUDA 13.0; --cuda: no GPU found)")
-    monkeypatch.setattr(torch.version, "cuda", None)
-    assert select(True)[1].endswith("--cuda: this torch has no CUDA)")
-    monkeypatch.setattr(torch.version, "cuda", "13.0")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
-    assert select(True) == (torch.device("cuda"), f"device: cuda (NVIDIA H200; torch {torch.__version__}, CUDA 13.0)")
 
 
 def conv_weights(model):
@@ -78,11 +50,6 @@ def test_set_parameters_keeps_the_layout_and_is_the_inverse_of_flattening():
     natural_pg_damped.set_parameters(policy, theta)
     assert torch.equal(torch.cat([p.detach().flatten() for p in policy.parameters()]), theta)
     torch.testing.assert_close(policy(obs), before, rtol=0, atol=0)
-
-
-def test_batches_are_staged_through_pinned_memory_only_on_cuda():
-    batch = [torch.zeros(2, 4, 84, 84, dtype=torch.uint8), torch.zeros(2)]
-    assert all(a is b for a, b in zip(soft_dqn.to_device(torch.device("cpu"), *batch), batch))
 
 
 def test_the_equivalence_check_runs_at_full_float32_precision():

@@ -1,17 +1,15 @@
 """Faults just outside the training loop, tried as a user meets them: signals during evaluation
-and after a first signal, a full disk or an unwritable directory at a checkpoint, two runs
-started in the same second, damaged checkpoints, and experiments/run.py and plot.py stopped,
-or given a wrong description. Each test reproduces the fault; the docstrings say what it did before."""
+and after a first signal, a full disk at a checkpoint, two runs started in the same second,
+damaged checkpoints, and experiments/run.py and plot.py stopped, or given a wrong description.
+Each test reproduces the fault; the docstrings say what it did before."""
 
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import zipfile
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -51,63 +49,52 @@ def test_a_signal_during_the_evaluation_stops_it_within_seconds(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and time.time() - sent < 10
-    assert "evaluation stopped after" in err and "of 1000 games; the model is in runs/" in err
-    assert "Traceback" not in err
+    assert "SIGINT: evaluation cut short" in err and "Traceback" not in err
     assert len(read_scalars(only_run_dir(tmp_path)).get("eval/episodic_return", [])) < 1000  # none on a slow machine
 
 
-def test_a_signal_while_the_envs_are_built_ends_the_run_at_once(tmp_path):
-    """Before: Python's handler ran only once ale-py's C++ had built every env (minutes for 512)."""
-    proc = start("a2c_entropy.py", "--num-envs", "256", cwd=tmp_path)
-    wait_for(proc, "device: ")
-    time.sleep(1)  # building 256 envs takes ~20 s on 2 cores
+def test_a_second_signal_exits_at_once_and_the_last_checkpoint_stays_intact(tmp_path):
+    """The first signal asks for a checkpoint after this update; a second one (an impatient Ctrl-C, a scheduler's
+    SIGKILL-bound SIGTERM) exits at once. Whatever it interrupts, the checkpoint on disk was written atomically."""
+    proc = start(
+        "natural_pg_damped.py",
+        "--num-envs",
+        "8",
+        "--num-steps",
+        "10",
+        "--total-timesteps",
+        "100000",
+        "--checkpoint-every",
+        "80",
+        cwd=tmp_path,
+    )  # a checkpoint every iteration
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/checkpoint.pt")):  # updates (and checkpoints) are running
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
     sent = time.time()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGINT and time.time() - sent < 5 and "Traceback" not in err
-
-
-def test_a_second_signal_keeps_the_run_a_third_stops_at_once(tmp_path):
-    """Before: a second Ctrl-C raised KeyboardInterrupt: a traceback, and with the default
-    --checkpoint-every 0 every step was lost."""
-    proc = start("natural_pg_damped.py", "--num-envs", "8", "--num-steps", "10", "--total-timesteps", "100000",
-                 cwd=tmp_path)  # fmt: skip
-    wait_for(proc, "steps |")  # the first progress line: updates are running
-    sent = time.time()
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    time.sleep(0.2)  # two signals at once would reach the process as one
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "still stopping after this update" in err and "Traceback" not in err
-    assert time.time() - sent < 10  # one iteration (~1 s here; ~3 s at the default 16 x 20 steps)
+    # 130 from the handler; if the first signal's exit was already under way, Python's shutdown has restored
+    # the default handler and the second ends the process by SIGINT (-2): either way at once, no traceback
+    assert proc.returncode in (130, -signal.SIGINT) and time.time() - sent < 10 and "Traceback" not in err
     checkpoint = only_run_dir(tmp_path) / "checkpoint.pt"
-    assert checkpoint.exists() and f"--resume {checkpoint.relative_to(tmp_path)}" in err
+    assert soft_dqn.load_checkpoint(str(checkpoint))["global_step"] % 80 == 0
 
-    stop = a2c_entropy.StopRequest()
-    try:
-        stop._handle(signal.SIGINT, None)
-        stop._handle(signal.SIGINT, None)  # says so, and goes on
-        with pytest.raises(SystemExit) as third:
-            stop._handle(signal.SIGINT, None)
-        assert third.value.code == 130 and stop.signum == signal.SIGINT
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop = {}
+    with pytest.MonkeyPatch.context() as patch:  # the handler itself: the second call exits, the first only asks
+        patch.setattr(a2c_entropy, "STOP", stop)
+        a2c_entropy.stop_softly(signal.SIGTERM, None)
+        assert stop == {"signum": signal.SIGTERM}
+        with pytest.raises(SystemExit) as second:
+            a2c_entropy.stop_softly(signal.SIGINT, None)
+        assert second.value.code == 130
 
 
-@pytest.mark.parametrize(
-    "fault, free, cause",
-    [
-        (OSError(errno.ENOSPC, "No space left on device"), 10**9, "No space left on device"),
-        (RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: "
-                      "file write failed"), 10**9, "file write failed"),
-        # what torch 2.13 says when a tmpfs fills up mid-write (seen on a 20 MB tmpfs)
-        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7064960 vs 7064848"), 4096,
-         "the disk is full"),
-    ],
-)  # fmt: skip
-def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_keeps_the_previous_one(tmp_path, monkeypatch, fault, free, cause):
-    """Before: torch's C++ message and a stray checkpoint.pt.tmp."""
+def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """Before: torch's C++ message, and the previous checkpoint overwritten by a partial one."""
     path = str(tmp_path / "checkpoint.pt")
     soft_dqn.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
     before = open(path, "rb").read()
@@ -116,50 +103,40 @@ def test_a_full_disk_at_a_checkpoint_stops_in_one_line_and_keeps_the_previous_on
     def save_until_full(state, target):
         real_save(state, target)  # part of it reached the disk, then the disk was full
         os.truncate(target, 100)
-        raise fault
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save_until_full)
-    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=free))
     with pytest.raises(SystemExit) as stop:
         soft_dqn.save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
     message = stop.value.code
-    assert message.startswith(f"soft_dqn.py: error: cannot write the checkpoint {path}: ") and "\n" not in message
-    assert cause in message and message.endswith("; the previous checkpoint, if any, is intact")
-    assert os.listdir(tmp_path) == ["checkpoint.pt"] and open(path, "rb").read() == before
+    assert message.startswith(f"soft_dqn.py: error: cannot write {path} (") and "\n" not in message
+    assert "No space left on device" in message and message.endswith(
+        f"the previous checkpoint is intact, {path}.tmp may be partial"
+    )
+    assert open(path, "rb").read() == before
 
 
-def test_run_directories_are_never_shared_and_must_be_writable(tmp_path, monkeypatch):
-    """Before: two runs of one script and seed started in the same second wrote into one directory."""
+def test_run_directories_are_never_shared_and_flat(tmp_path, monkeypatch):
+    """Before: two runs of one script and seed started in the same second wrote into one directory, and
+    --env-id ALE/Pong-v5 made runs/ALE/Pong-v5__...."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
-    args = a2c_entropy.parse_args(SMOKE["a2c_entropy.py"])[0]
+    args = a2c_entropy.parse_args([*SMOKE["a2c_entropy.py"], "--env-id", "ALE/Breakout-v5"])[0]
     names = []
-    for _ in range(3):
-        name, run_dir, writer, _ = a2c_entropy.start_run(args, None, "device: cpu")
+    for pid in (101, 102):  # two processes
+        monkeypatch.setattr(os, "getpid", lambda: pid)
+        name, run_dir, writer = a2c_entropy.start_run(args, None)
         writer.close()
         names.append(name)
-    base = "BreakoutNoFrameskip-v4__a2c_entropy__1__1800000000"
-    assert names == [base, f"{base}-2", f"{base}-3"]
-
-    def refused(path, *a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied", path)
-
-    monkeypatch.setattr(os, "makedirs", refused)
-    with pytest.raises(SystemExit) as stop:
-        a2c_entropy.start_run(args, None, "device: cpu")
-    assert stop.value.code == f"a2c_entropy.py: error: cannot create the run directory runs/{base}: Permission denied"
-    monkeypatch.setattr(os, "access", lambda path, mode: False)
-    resumed = SimpleNamespace(**{**vars(args), "resume": f"runs/{base}/checkpoint.pt"})
-    with pytest.raises(SystemExit) as stop:
-        a2c_entropy.start_run(resumed, {"run_name": base, "global_step": 0}, "device: cpu")
-    assert "cannot write to the checkpoint's run directory" in stop.value.code
+    base = "ALE-Breakout-v5__a2c_entropy__1__1800000000"
+    assert names == [base, f"{base}-102"] and sorted(os.listdir("runs")) == names
 
 
 def test_damaged_checkpoints_are_named_before_anything_is_trained(tmp_path):
     """Before: pickle / zip errors for a truncated file or another file, and a flipped byte in a
-    weight loaded silently."""
+    weight loaded silently (torch.load does not check the CRC-32s torch.save writes)."""
     path = str(tmp_path / "checkpoint.pt")
-    state = {"args": {"seed": 1}, "run_name": "run", "global_step": 7, "w": torch.arange(4096.0)}
+    state = {"args": {"seed": 1}, "global_step": 7, "w": torch.arange(4096.0)}
     soft_dqn.save_checkpoint(path, state)
     assert torch.equal(soft_dqn.load_checkpoint(path)["w"], state["w"])
     data = open(path, "rb").read()
@@ -167,16 +144,17 @@ def test_damaged_checkpoints_are_named_before_anything_is_trained(tmp_path):
         info = next(i for i in z.infolist() if "/data/" in i.filename)
     offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 1000
     cases = {
-        "truncated.pt": (data[: len(data) // 2], "truncated: the write did not finish"),
-        "other.pt": (b"not a checkpoint at all", "not a checkpoint (not a torch.save archive)"),
-        "flipped.pt": (data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :], "corrupted: its contents differ"),
+        "truncated.pt": (data[: len(data) // 2], "not a checkpoint, or damaged (File is not a zip file)"),
+        "other.pt": (b"not a checkpoint at all", "not a checkpoint, or damaged (File is not a zip file)"),
+        "flipped.pt": (data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :], "fails its CRC-32 check"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(SystemExit) as stop:
             soft_dqn.load_checkpoint(str(tmp_path / name))
-        assert stop.value.code.startswith(f"soft_dqn.py: error: --resume {tmp_path / name}: {message}"), name
-    torch.save(state, tmp_path / "older.pt")  # written before checkpoints had a checksum: still loads
+        assert stop.value.code.startswith(f"soft_dqn.py: error: --resume {tmp_path / name}: "), name
+        assert message in stop.value.code and "\n" not in stop.value.code, name
+    torch.save({**state, "checksum": "..."}, tmp_path / "older.pt")  # written by an older version: still loads
     assert soft_dqn.load_checkpoint(str(tmp_path / "older.pt"))["global_step"] == 7
 
 
@@ -191,6 +169,11 @@ args = ["--num-envs", "4"]
 """
 
 
+def logged(directory) -> bool:
+    """Whether a run in `directory` has logged a scalar: its loop runs, so its stop handler is set."""
+    return any(read_scalars(d) for d in {p.parent for p in directory.glob("runs/*/events.out.tfevents.*")})
+
+
 def test_one_ctrl_c_stops_run_py_and_everything_it_launched(tmp_path):
     """Before: Ctrl-C stopped the current run and run.py launched the next; a second Ctrl-C gave a traceback."""
     (tmp_path / "t.toml").write_text(DESCRIPTION)
@@ -198,8 +181,8 @@ def test_one_ctrl_c_stops_run_py_and_everything_it_launched(tmp_path):
                str(tmp_path / "results"), "--workers", "2"]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seed = {s: tmp_path / "results" / "t" / "a" / "BreakoutNoFrameskip-v4" / f"seed{s}" for s in (1, 2, 3)}
-    logs, deadline = [seed[s] / "stdout.log" for s in (1, 2)], time.time() + 120
-    while not all(log.exists() and "steps |" in log.read_text() for log in logs):  # both running
+    deadline = time.time() + 120
+    while not all(logged(seed[s]) for s in (1, 2)):  # both running
         assert time.time() < deadline and proc.poll() is None, "the two runs did not start"
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

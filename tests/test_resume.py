@@ -89,7 +89,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run(tmp_path, name):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGINT, stderr
-    assert "SIGINT: checkpoint written at global_step" in stderr and "--resume" in stderr
+    assert f"SIGINT: continue with: python {script} --resume runs/" in stderr, stderr
     checkpoint = next((run / "runs").rglob("checkpoint.pt"))
     stopped_at = torch.load(checkpoint, weights_only=False)["global_step"]
     assert 0 < stopped_at < total

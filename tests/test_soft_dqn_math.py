@@ -125,12 +125,6 @@ def test_one_step_is_the_plain_backup():
     assert returns.tolist() == [2.0, 2.0] and discount.tolist() == [0.5, 0.0] and offset.tolist() == [1, 1]
 
 
-def test_linear_schedule():
-    assert sd.linear_schedule(1.0, 0.01, 100, 0) == 1.0
-    assert sd.linear_schedule(1.0, 0.01, 100, 50) == pytest.approx(0.505)
-    assert sd.linear_schedule(1.0, 0.01, 100, 1000) == 0.01
-
-
 def reference_munchausen(q: np.ndarray, actions: np.ndarray, tau: float, l0: float) -> np.ndarray:
     """clip(tau * log softmax(Q/tau)[a], l0, 0), written with plain float64 numpy."""
     z = (q - q.max(axis=-1, keepdims=True)) / tau
