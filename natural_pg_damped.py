@@ -123,6 +123,7 @@ class Args:
             f"--tau must be a finite number > 0, got {self.tau}": 0 < self.tau < math.inf,
             "--cg-iters and --diagnostic-every must be >= 1": min(self.cg_iters, self.diagnostic_every) >= 1,
             "--max-kl must be a finite number > 0": self.max_kl is None or 0 < self.max_kl < math.inf,
+            "--cg-damping must be a finite number >= 0": 0 <= self.cg_damping < math.inf,
             "--policy-epochs and --value-epochs must be >= 1": min(self.policy_epochs, self.value_epochs) >= 1,
             "--num-envs and --num-steps must be >= 1": min(self.num_envs, self.num_steps) >= 1,
             f"--num-minibatches must be in [1, num-envs * num-steps = {rollout}]": 1 <= self.num_minibatches <= rollout,

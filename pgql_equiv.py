@@ -123,6 +123,8 @@ class Args:
             f"--gamma must be in [0, 1], got {self.gamma}": 0 <= self.gamma <= 1,
             "--learning-rate must be a finite number > 0": 0 < self.learning_rate < math.inf,
             "--vf-coef must be >= 0 and --max-grad-norm > 0": self.vf_coef >= 0 and self.max_grad_norm > 0,
+            "--rmsprop-alpha must be in [0, 1) and --rmsprop-eps > 0": 0 <= self.rmsprop_alpha < 1 and self.rmsprop_eps > 0,
+            "--log-interval must be >= 1": self.log_interval >= 1,
             "--eval-episodes must be >= 1": self.eval_episodes >= 1,
             "--tau 0 has no soft Q-function: --update ql and the equivalence check need --tau > 0 (plain A2C: "
             "--equiv-check-every 0)": self.tau > 0 or (self.update == "pg" and self.equiv_check_every == 0),
