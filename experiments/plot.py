@@ -1,19 +1,24 @@
 """Draw a figure of experiments/*.toml from its runs' TensorBoard logs, the paper's way, and
 print the table of final returns.
 
-    python experiments/plot.py experiments/fig3_pgql.toml                      # -> docs/figures/fig3_pgql.png
+    python experiments/plot.py experiments/fig1_a2c_entropy.toml --games Qbert   # -> experiments/results/figures/
     python experiments/plot.py experiments/fig3_pgql.toml --out my.png --last 100
+    python experiments/plot.py experiments/fig3_pgql.toml --games Qbert --save-data --out docs/figures/fig3_qbert.png
 
 Every run's logged scalars (game returns, losses, entropy; a few hundred KB) are kept in
-docs/data/{figure}/{variant}/{game}/seed{seed}.csv.gz, committed: each plot refreshes them from
-the TensorBoard logs it finds under experiments/results/, and reads them where it finds none. So
-a fresh clone redraws every figure of docs/results.md, and a lost machine loses no evidence.
+docs/data/{figure}/{variant}/{game}/seed{seed}.csv.gz, committed. A plot reads a run's TensorBoard
+logs where it finds them under experiments/results/ and its compact copy under docs/data/ where it
+finds none; only --save-data writes the logs it read into docs/data/, and the figure goes to
+experiments/results/figures/ unless --out says where (docs/figures/ for a figure of docs/results.md),
+so a trial run changes no committed evidence. A fresh clone redraws every figure of
+docs/results.md with the command printed beside it (tests/test_docs.py runs each one).
 
 One panel per game, frames on the x axis, one line per variant: the mean over seeds of the
 training return (real games, all lives, unclipped), each seed's curve being the mean return
 of the games that ended in each of --bins frame intervals, with a shaded band of +-1 standard
 deviation over seeds. The table gives, per game and variant, the mean +- std over seeds of
-each seed's last --last games, and the frames that the shortest seed reached. Runs are found
+each seed's last --last games (the sample std, ddof 1; with 2 seeds it is their gap / sqrt 2), and
+the frames that the shortest seed reached. Runs are found
 where experiments/run.py puts them; a run still going or stopped counts with what it logged.
 With --frames, every run is cut at that budget: a run extended past it, or shared through same_as
 at a larger one, is compared at the same frames as the others.
@@ -21,7 +26,8 @@ at a larger one, is compared at the same frames as the others.
 A second table aggregates over games the rliable way (Agarwal et al. 2021): each run's final
 return is human-normalized, (score - random) / (human - random), and each variant gets the
 interquartile mean (IQM) of all its runs with a 95% stratified-bootstrap confidence interval
-(--reps replicates; each resamples the seeds within every game, never across games).
+(--reps replicates; each resamples the seeds within every game, never across games). With fewer
+than 3 runs in a game the bootstrap could only return the min and max of its seeds: no interval is printed.
 
 With --per-run FRAMES, a third table has one row per run: the mean return of the games that
 ended in each FRAMES-frame interval, the games played, the mean of the last --last and the last
@@ -167,17 +173,17 @@ def stratified_bootstrap_iqm(per_game: list[np.ndarray], reps: int, rng: np.rand
     return iqm(pooled), float(low), float(high)
 
 
-def collect(description: str, results: Path, saved: Path, frames: int | None, games, seeds, variants):
+def collect(description: str, results: Path, saved: Path, frames: int | None, games, seeds, variants, save=False):
     """{(variant, game): [(frames, returns, reached) per seed]} for the planned runs, up to `frames` when given,
     the runs, and per run its scalars (whole) with its (frames, returns, reached). A run's TensorBoard logs
-    under `results` are saved compactly under `saved` first; without logs, what was saved is read."""
+    under `results` are read (and, with `save`, saved compactly under `saved`); without logs, what was saved is read."""
     runs = plan(description, results, frames, games, seeds, variants, [])
     data: dict[tuple[str, str], list] = {}
     logs = []
     for r in runs:
         compact = saved / r.directory.relative_to(results).with_suffix(".csv.gz")
         scalars = logged_scalars(r.directory)
-        if scalars:
+        if scalars and save:
             save_compact(scalars, compact)
         scalars = scalars or load_compact(compact)
         frames_at, returns, reached = episodes(scalars)
@@ -197,7 +203,8 @@ def table(data: dict, last: int) -> str:
         for variant in variants:
             done = seed_finals(data[(variant, game)], last)
             reached += [frames for _, _, frames in data[(variant, game)] if frames]  # runs with no logs yet: not counted
-            cells.append(f"{np.mean(done):.1f} ± {np.std(done):.1f} (n={len(done)})" if len(done) else "–")
+            spread = f" ± {np.std(done, ddof=1):.1f}" if len(done) > 1 else ""
+            cells.append(f"{np.mean(done):.1f}{spread} (n={len(done)})" if len(done) else "–")
         lines.append(f"| {game} ({min(reached, default=0):,}) | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -238,9 +245,8 @@ def aggregate(data: dict, last: int, reps: int, seed: int = 0) -> str:
             continue
         point, low, high = stratified_bootstrap_iqm(per_game, reps, np.random.default_rng(seed))
         runs = sum(len(x) for x in per_game)
-        lines.append(
-            f"| {variant} | {point:.3f} | [{low:.3f}, {high:.3f}] | {runs} ({len(per_game)} game{'s' * (len(per_game) > 1)}) |"
-        )
+        interval = f"[{low:.3f}, {high:.3f}]" if min(len(x) for x in per_game) >= 3 else "– (< 3 runs in a game)"
+        lines.append(f"| {variant} | {point:.3f} | {interval} | {runs} ({len(per_game)} game{'s' * (len(per_game) > 1)}) |")
     if unknown:
         lines.append(f"(left out, no reference scores: {', '.join(unknown)})")
     return "\n".join(lines)
@@ -294,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
     parser.add_argument("--data", default=str(ROOT / "docs" / "data"), help="where the runs' compact logs are kept")
-    parser.add_argument("--out", help="PNG path (default docs/figures/{figure}.png)")
+    parser.add_argument("--out", help="PNG path (default experiments/results/figures/{figure}.png)")
+    parser.add_argument("--save-data", action="store_true", help="write the logs read into --data (the committed evidence)")
     parser.add_argument("--bins", type=int, default=50, help="frame intervals of the curves")
     parser.add_argument("--last", type=int, default=100, help="games per seed in the final-return table")
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap replicates of the IQM's confidence interval")
@@ -306,16 +313,23 @@ def main(argv: list[str] | None = None) -> int:
     from run import load
 
     data, runs, logs = collect(
-        opts.description, Path(opts.results), Path(opts.data), opts.frames, opts.games, opts.seeds, opts.variants
+        opts.description,
+        Path(opts.results),
+        Path(opts.data),
+        opts.frames,
+        opts.games,
+        opts.seeds,
+        opts.variants,
+        save=opts.save_data,
     )
     if not any(len(returns) for seeds in data.values() for _, returns, _ in seeds):
         print(f"plot.py: no runs found: none of the {len(runs)} planned runs has logs under --results {opts.results} "
               f"or saved data under --data {opts.data}", file=sys.stderr)  # fmt: skip
         return 1
-    out = Path(opts.out) if opts.out else ROOT / "docs" / "figures" / f"{Path(opts.description).stem}.png"
+    out = Path(opts.out) if opts.out else ROOT / "experiments" / "results" / "figures" / f"{Path(opts.description).stem}.png"
     draw(data, load(opts.description)["title"], out, opts.bins)
     print(f"figure: {out}")
-    print(f"final return: mean ± std over seeds of each seed's last {opts.last} games")
+    print(f"final return: mean ± sample std over seeds of each seed's last {opts.last} games")
     print(table(data, opts.last))
     print("aggregate over games: IQM of every run's human-normalized final return, ", end="")
     print(f"95% stratified-bootstrap CI ({opts.reps:,} replicates)")

@@ -100,6 +100,11 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
         2500,
     ]  # every 10 updates and the last
 
+    # plain plotting reads the logs and writes no evidence: only --save-data writes into --data
+    plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--out", str(tmp_path / "trial.png"),
+               "--data", str(tmp_path / "data")])  # fmt: skip
+    assert (tmp_path / "trial.png").exists() and not (tmp_path / "data").exists()
+    capsys.readouterr()
     assert (
         plot.main(
             [
@@ -112,6 +117,7 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
                 "3",
                 "--data",
                 str(tmp_path / "data"),
+                "--save-data",
             ]
         )
         == 0
@@ -128,8 +134,9 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
                 v for _, v in read_scalars(next(p.parent for p in d.rglob("events.out.tfevents.*")))["charts/episodic_return"]
             ]
             finals.append(np.mean(returns[-3:]))
-        assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
-        assert f"| {name} | {np.mean((np.array(finals) - 1.7) / (30.5 - 1.7)):.3f} | [" in printed
+        assert f"{np.mean(finals):.1f} ± {np.std(finals, ddof=1):.1f} (n=2)" in printed  # the sample std
+        iqm = np.mean((np.array(finals) - 1.7) / (30.5 - 1.7))
+        assert f"| {name} | {iqm:.3f} | – (< 3 runs in a game) |" in printed  # no min-max posing as an interval
     assert "| BreakoutNoFrameskip-v4 (8,000) |" in printed  # the shortest seed reached 8,000 frames
 
     # the compact copies of the logs redraw the same tables once the runs are gone
@@ -149,7 +156,7 @@ def test_runner_runs_skips_extends_and_the_plot_reads_the_logs(tmp_path, capsys)
         games = plot.load_compact(saved)["charts/episodic_return"]
         finals.append(np.mean([v for step, v in games if step * runner.FRAMES_PER_STEP <= 6000][-3:]))
     assert "| BreakoutNoFrameskip-v4 (6,000) | " in printed
-    assert f"{np.mean(finals):.1f} ± {np.std(finals):.1f} (n=2)" in printed
+    assert f"{np.mean(finals):.1f} ± {np.std(finals, ddof=1):.1f} (n=2)" in printed
 
     # --per-run: one row per run, cut at --frames as the tables are (its arithmetic: the test after next)
     plot.main([str(tmp_path / "tiny.toml"), "--results", str(tmp_path / "res"), "--data", str(tmp_path / "data"),
