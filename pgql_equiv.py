@@ -428,6 +428,8 @@ def game_restarted(terminated: np.ndarray, truncated: np.ndarray, info: dict, pr
 
 
 def main():
+    signal.signal(signal.SIGINT, stop_softly)  # from the start: a signal while the envs are built takes effect after
+    signal.signal(signal.SIGTERM, stop_softly)
     args, checkpoint = parse_args()
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     print(f"device: {device} (torch {torch.__version__}, CUDA {torch.version.cuda})", flush=True)
@@ -437,8 +439,6 @@ def main():
     generator = torch.Generator().manual_seed(args.seed)  # action sampling, on the host: its state loads on any device
 
     envs = make_env(args.env_id, args.num_envs)
-    signal.signal(signal.SIGINT, stop_softly)
-    signal.signal(signal.SIGTERM, stop_softly)
     agent = ActorCritic(envs.single_action_space.n).to(device)
     # The update backpropagates through acting's passes: with --compile its backward is compiled too. The
     # time-limit bootstrap (rare, any batch size) stays eager: compiled, it would recompile for every size.
@@ -597,7 +597,7 @@ def evaluate(model_path, env_id, eval_episodes, num_envs, device, seed, video_pa
                 returns[e].append(float(running[e]))
             running[e] = 0.0
     envs.close()
-    if video_path:
+    if video_path and frames:  # none when a signal cut the evaluation short at once
         save_gif(frames, video_path)
     return [r for per_env in returns for r in per_env]
 
@@ -644,7 +644,8 @@ def start_run(args: Args, checkpoint: Optional[dict]) -> tuple[str, str, Summary
         import wandb
 
         kwargs = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
-        wandb.init(**kwargs, sync_tensorboard=True, name=run_name, id=run_name, resume="allow")
+        run_id = (checkpoint or {}).get("wandb_id") or f"{run_name}-{zipfile.crc32(os.path.abspath(run_dir).encode()):08x}"
+        wandb.init(**kwargs, sync_tensorboard=True, name=run_name, id=run_id, resume="allow")
     writer = SummaryWriter(run_dir, purge_step=checkpoint["global_step"] + 1 if checkpoint else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     return run_name, run_dir, writer
@@ -665,9 +666,9 @@ def load_checkpoint(path: str) -> dict:
         with zipfile.ZipFile(path) as archive:
             if damaged := archive.testzip():
                 raise zipfile.BadZipFile(f"{damaged} fails its CRC-32 check")
-    except (OSError, zipfile.BadZipFile) as e:
-        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint, or damaged ({e})")
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file; tensors not read twice
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own file; tensors not read twice
+    except Exception as e:  # missing, truncated, foreign or damaged
+        sys.exit(f"{PROG}: error: --resume {path}: not a checkpoint, or damaged ({str(e).strip().splitlines()[0]})")
 
 
 def restart_seed(seed: int, global_step: int) -> int:
@@ -676,8 +677,8 @@ def restart_seed(seed: int, global_step: int) -> int:
 
 
 def stop_softly(signum, frame) -> None:
-    """The SIGINT (Ctrl-C) and SIGTERM (preemption) handler, set once the envs are built: the first lets the run
-    finish its update and write a checkpoint (STOP is then set); a second exits at once, the checkpoint intact."""
+    """The SIGINT (Ctrl-C) and SIGTERM (preemption) handler, set as main() starts: the first lets the run finish its
+    update and write a checkpoint (STOP is then set); a second exits at once, the last checkpoint intact."""
     if STOP:
         sys.exit(128 + signum)
     STOP["signum"] = signum

@@ -148,6 +148,9 @@ def test_damaged_checkpoints_are_named_before_anything_is_trained(tmp_path):
         "other.pt": (b"not a checkpoint at all", "not a checkpoint, or damaged (File is not a zip file)"),
         "flipped.pt": (data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :], "fails its CRC-32 check"),
     }
+    with zipfile.ZipFile(tmp_path / "foreign.pt", "w") as z:  # a zip archive, intact, but not torch.save's
+        z.writestr("notes.txt", "hello")
+    cases["foreign.pt"] = ((tmp_path / "foreign.pt").read_bytes(), "not a checkpoint, or damaged (")
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(SystemExit) as stop:
