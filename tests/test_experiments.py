@@ -37,7 +37,7 @@ args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
     [
         ("fig1_a2c_entropy", 36, 320_000_000),
         ("fig2_soft_dqn", 72, 40_000_000),
-        ("fig2_munchausen", 6, 2_000_000),
+        ("fig2_munchausen", 8, 2_000_000),  # 3 backups and the soft runs resumed without their replay, 2 seeds each
         ("fig3_pgql", 36, 320_000_000),
         ("sec5_natural_pg", 36, 40_000_000),
     ],
