@@ -39,7 +39,7 @@ args = ["--num-envs", "4", "--num-steps", "5", "--log-interval", "10"]
         ("fig2_soft_dqn", 72, 40_000_000),
         ("fig2_munchausen", 8, 2_000_000),  # 3 backups and the soft runs resumed without their replay, 2 seeds each
         ("fig3_pgql", 36, 320_000_000),
-        ("sec5_natural_pg", 36, 40_000_000),
+        ("sec5_natural_pg", 48, 40_000_000),  # 2 solvers, damped-q with a closer inner solve, A2C
     ],
 )
 def test_descriptions_plan_the_papers_runs_with_options_the_script_accepts(tmp_path, name, runs, frames):
