@@ -9,9 +9,10 @@ Section 5's equivalence is about the damped objective's *exact* minimizer; `--so
 
 - the natural step s = (eps/tau) (F + lambda I)^-1 Psi^T A / B by CG: 10 iterations (`--solver npg`) and
   --reference-cg (the reference every other row is compared with);
-- damped-q's Adam on 1/2 mean (Q_theta - Qhat^eps)^2 + tau^2 lambda/2 ||theta - theta_old||^2, exactly as
-  `damped_q_step` does it (fresh Adam, 4 minibatches an epoch), for each --policy-lrs, read off after each --epochs;
-- the damped objective's exact minimizer, by Gauss-Newton: each iteration solves (F_k + lambda I) d = -grad / tau^2
+- damped-q's Adam on 1/2 mean (Q_theta - Qhat^eps)^2 + tau^2 lambda/2 ||theta - theta_old||^2: the script's own
+  `damped_q_step` (fresh Adam, 4 minibatches an epoch), without the trust region, for each --policy-lrs and --epochs;
+- toward the damped objective's minimizer by Gauss-Newton (at eps 0.1 it does not converge: the tables say how far):
+  each iteration solves (F_k + lambda I) d = -grad / tau^2
   at the current theta by --reference-cg iterations of CG (F_k the empirical Fisher there), with step halving. Its
   first iteration is the natural step (eq. 78); the later ones are what the nonlinearity adds.
 
@@ -23,6 +24,7 @@ the natural step's under the same trust region. Seconds: the step's computation 
 """
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -135,26 +137,13 @@ def gauss_newton(policy, b: npg.Batch, a, read_off: list[int], cg_iters: int) ->
     return steps, norms[-1] / norms[0]
 
 
-def adam_fit(policy, b: npg.Batch, a, lr: float, epochs: list[int], seed: int) -> dict[int, tuple[torch.Tensor, float]]:
-    """`damped_q_step`'s inner loop (fresh fused Adam, eps 1e-5, 4 minibatches an epoch) from theta_old at `lr`:
-    {epoch: (theta - theta_old, seconds so far)} for each of `epochs`."""
+def adam_fit(policy, b: npg.Batch, a, lr: float, epochs: int, seed: int) -> tuple[torch.Tensor, float]:
+    """(theta - theta_old, seconds) of the script's own `damped_q_step` from theta_old at `lr` for `epochs` epochs, with
+    no trust region and no comparison (the rows measure those): a fresh Adam, minibatches shuffled from `seed`."""
     npg.set_parameters(policy, b.theta_old)
-    params_old = [p.detach().clone() for p in policy.parameters()]
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-5, fused=True)
-    shuffle, size, start, out = torch.Generator().manual_seed(seed), len(b.actions), time.perf_counter(), {}
-    for epoch in range(1, max(epochs) + 1):
-        for mb in torch.randperm(size, generator=shuffle).split(size // a.num_minibatches):
-            loss = npg.damped_q_loss(policy(b.obs[mb]), b.values_old[mb], b.actions[mb], b.targets[mb], a.tau)
-            loss = loss + npg.proximal_term(list(policy.parameters()), params_old, a.tau, a.cg_damping)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        if epoch in epochs:
-            out[epoch] = (
-                torch.cat([p.detach().flatten() for p in policy.parameters()]) - b.theta_old,
-                time.perf_counter() - start,
-            )
-    return out
+    start, args = time.perf_counter(), dataclasses.replace(a, policy_lr=lr, policy_epochs=epochs, max_kl=None)
+    npg.damped_q_step(policy, policy, b._replace(jv=None), args, torch.Generator().manual_seed(seed))
+    return torch.cat([p.detach().flatten() for p in policy.parameters()]) - b.theta_old, time.perf_counter() - start
 
 
 def measure(policy, b: npg.Batch, a, step, reference, gradient) -> dict:
@@ -227,8 +216,8 @@ def main():
             candidates[f"natural step, CG {opts.reference_cg} (the reference)"] = (reference, math.nan)
             residuals.append(residual)
             for lr in opts.policy_lrs:
-                for epochs, result in adam_fit(policy, b, a, lr, opts.epochs, opts.seed).items():
-                    candidates[f"damped-q: Adam lr {lr:g}, {epochs} epochs"] = result
+                for epochs in opts.epochs:
+                    candidates[f"damped-q: Adam lr {lr:g}, {epochs} epochs"] = adam_fit(policy, b, a, lr, epochs, opts.seed)
             newton, gradient_left = gauss_newton(policy, b, a, opts.gauss_newton, opts.reference_cg)
             for k, result in newton.items():
                 candidates[f"damped objective: Gauss-Newton, {k} iteration{'s' * (k > 1)}"] = result
